@@ -1,0 +1,132 @@
+"""Compose configs with Hydra and check every override before a run starts.
+
+The CLI calls `check_command_line` before handing control to Hydra, so a typo anywhere — a
+group choice, a key, a value, one combination of a sweep — fails at once with one line and
+exit code 2, before a run directory exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import dltrain
+from dltrain.errors import UserError, unknown_choice, unknown_key
+
+# Sweeps larger than this are checked value by value rather than combination by combination.
+MAX_CHECKED_COMBINATIONS = 512
+
+
+def config_dir() -> Path:
+    """configs/ inside an installed package, else the top-level configs/ of a source checkout."""
+    here = Path(dltrain.__file__).resolve().parent
+    installed = here / "configs"
+    return installed if (installed / "config.yaml").exists() else here.parent / "configs"
+
+
+def groups() -> dict[str, list[str]]:
+    """Config groups and their choices, read from the folder (no imports: used by --help)."""
+    root = config_dir()
+    return {
+        d.name: sorted(f.stem for f in d.glob("*.yaml"))
+        for d in sorted(root.iterdir())
+        if d.is_dir() and d.name != "hydra" and any(d.glob("*.yaml"))
+    }
+
+
+def compose(overrides: Iterable[str] = ()) -> Any:
+    """The composed DictConfig for `overrides` (without the hydra node)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+def _parse(overrides: list[str]):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        return OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as e:
+        raise UserError(f"cannot parse override: {str(e).splitlines()[0]}") from None
+
+
+def _check_choices(parsed, choices: Mapping[str, list[str]]) -> None:
+    for o in parsed:
+        group = o.key_or_group
+        if group not in choices or o.is_delete():
+            continue
+        values = list(o.sweep_iterator()) if o.is_sweep_override() else [o.value()]
+        for value in values:
+            for v in value if isinstance(value, list) else [value]:
+                if str(v) not in choices[group]:
+                    raise unknown_choice(group, v, choices[group])
+
+
+def _explain(cfg: Mapping, key: str) -> UserError | None:
+    """Name the first missing part of a dotted key, with the keys that do exist there."""
+    node: Any = cfg
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, Mapping):
+            return UserError(f"{'.'.join(parts[:i])} is a value, not a section; {key} does not exist")
+        if part not in node:
+            owner = f"{parts[0]} {node['name']!r}" if i == 1 and "name" in node else ("the config" if i == 0 else ".".join(parts[:i]))
+            return unknown_key(".".join(parts[: i + 1]), [str(k) for k in node], owner)
+        node = node[part]
+    return None
+
+
+def compose_checked(overrides: list[str]) -> Any:
+    """Compose `overrides` (one job, no sweeps), turning Hydra's errors into one-line ones."""
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    parsed = _parse(overrides)
+    _check_choices(parsed, groups())
+    try:
+        return compose(overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        group_overrides = [o.input_line for o in parsed if o.key_or_group in groups()]
+        base = OmegaConf.to_container(compose(group_overrides))
+        for o in parsed:
+            if not o.is_add() and not o.is_delete() and o.key_or_group not in groups() and not o.key_or_group.startswith("hydra"):
+                problem = _explain(base, o.key_or_group)
+                if problem:
+                    raise problem from None
+        raise UserError(f"cannot compose the config: {str(e).splitlines()[0]}") from None
+
+
+def check_command_line(overrides: list[str], multirun: bool) -> None:
+    """Validate every job the command line describes (every combination of a sweep)."""
+    from dltrain.config import validate
+
+    own = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    parsed = _parse(own)
+    _check_choices(parsed, groups())
+    if not multirun:
+        validate(compose_checked(own))
+        return
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    sweeps = [o for o in parsed if o.is_sweep_override()]
+    total = 1
+    for o in sweeps:
+        total *= len(list(o.sweep_string_iterator()))
+    if total <= MAX_CHECKED_COMBINATIONS:
+        jobs = BasicSweeper.split_arguments(parsed, None)[0]
+    else:  # too many combinations: check each swept value with the others at their first value
+        first = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else o.input_line for o in parsed]
+        jobs = [first[:i] + [f"{o.get_key_element()}={v}"] + first[i + 1 :] for i, o in enumerate(parsed) if o.is_sweep_override() for v in o.sweep_string_iterator()]
+    for job in jobs:
+        try:
+            validate(compose_checked(job))
+        except UserError as e:
+            raise UserError(f"{e} (in sweep job: {' '.join(job)})") from None
+

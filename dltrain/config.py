@@ -1,0 +1,161 @@
+"""The typed run configuration and its validation.
+
+Fixed sections (``trainer``, ``seed``, ``task``) are dataclasses here; component sections
+(``model``, ``data``, ``loss``, ``optim``, ``sched``, ``init``, ``reg``, ``logger``) are checked
+against the signature of the registered component they name. Everything is validated before
+anything is built or written; a problem is one `UserError` line naming key, value and choices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from dltrain.errors import ConfigError, UserError, unknown_choice, unknown_key
+from dltrain.schema import NonNegative, NonNegativeInt, Pattern, Positive, PositiveInt, check_value, parse_dataclass
+
+Device = Annotated[str, Pattern(r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, cuda, cuda:N or mps")]
+Precision = Literal["32", "bf16", "16"]
+
+
+@dataclass
+class EarlyStopConfig:
+    patience: NonNegativeInt = 0  # epochs without improvement before stopping; 0 turns it off
+    monitor: str = "val_loss"
+    min_delta: NonNegative = 0.0
+
+
+@dataclass
+class CheckpointConfig:
+    monitor: str = "val_loss"  # which validation metric picks the best checkpoint
+    every_n_epochs: NonNegativeInt = 0  # also write `last` every N epochs; 0: only at the end
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: PositiveInt = 30
+    device: Device = "auto"
+    precision: Precision = "32"
+    compile: bool = False
+    accumulate: PositiveInt = 1  # gradient accumulation: optimizer step every N batches
+    clip_grad: Positive | None = None  # max global gradient norm
+    deterministic: bool = False
+    limit_train_batches: NonNegativeInt = 0  # 0: all
+    limit_val_batches: NonNegativeInt = 0  # 0: all
+    overfit_batches: NonNegativeInt = 0  # >0: train and validate on these first batches only
+    eval_batch_size: PositiveInt = 1024
+    progress: Literal["auto", "bar", "lines", "none"] = "auto"
+    test_ckpt: Literal["best", "last"] = "best"
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+@dataclass
+class RunSpec:
+    """A validated run: every section with its defaults filled in."""
+
+    seed: int
+    task: str
+    model: dict[str, Any]
+    data: dict[str, Any]
+    loss: dict[str, Any]
+    optim: dict[str, Any]
+    sched: dict[str, Any]
+    init: dict[str, Any]
+    reg: dict[str, dict[str, Any]]
+    logger: dict[str, Any]
+    trainer: TrainerConfig
+    batch_size: int
+
+
+COMPONENT_SECTIONS = ("model", "data", "loss", "optim", "sched", "init", "logger")
+TOP_LEVEL = (*COMPONENT_SECTIONS, "reg", "trainer", "seed", "task")
+
+
+def _component(registry, node: Any, key: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    if not isinstance(node, Mapping) or "name" not in node:
+        raise ConfigError(key, node, "choose one with " + f"{key}=NAME from: " + ", ".join(registry.names()))
+    params = {k: v for k, v in node.items() if k != "name" and k not in skip}
+    name = node["name"]
+    return {"name": name, **registry.check(str(name), params, key)}
+
+
+def validate(cfg: Mapping[str, Any]) -> RunSpec:
+    """Check a composed config (plain dict or DictConfig) and return the typed `RunSpec`."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from dltrain.data import DATASETS, LOADER_KEYS
+    from dltrain.engine.loggers import LOGGERS
+    from dltrain.losses import LOSSES
+    from dltrain.models import MODELS
+    from dltrain.models.layers import INITS
+    from dltrain.optim import OPTIMIZERS, SCHEDULES
+    from dltrain.regularization import REGULARIZERS
+    from dltrain.tasks import TASKS
+
+    if isinstance(cfg, DictConfig):
+        try:
+            cfg = OmegaConf.to_container(cfg, resolve=True)
+        except Exception as e:  # an interpolation that does not resolve
+            raise UserError(f"config does not resolve: {e}".splitlines()[0]) from None
+    cfg = {k: v for k, v in cfg.items() if k != "hydra"}
+    for k in cfg:
+        if k not in TOP_LEVEL:
+            raise unknown_key(str(k), TOP_LEVEL, "the config")
+
+    registries = dict(model=MODELS, data=DATASETS, loss=LOSSES, optim=OPTIMIZERS, sched=SCHEDULES, init=INITS, logger=LOGGERS)
+    parts = {s: _component(registries[s], cfg.get(s), s, LOADER_KEYS if s == "data" else ()) for s in COMPONENT_SECTIONS}
+    batch_size = check_value("data.batch_size", (cfg.get("data") or {}).get("batch_size", 64), PositiveInt)
+
+    reg_node = cfg.get("reg") or {}
+    if not isinstance(reg_node, Mapping):
+        raise ConfigError("reg", reg_node, "choose a list such as reg=[l2,dropout] from: " + ", ".join(REGULARIZERS.names()))
+    reg = {}
+    for name, params in reg_node.items():
+        REGULARIZERS.get(str(name), "reg")
+        reg[name] = REGULARIZERS.check(str(name), dict(params or {}), f"reg.{name}")
+
+    trainer = parse_dataclass(TrainerConfig, cfg.get("trainer"), "trainer")
+    seed = check_value("seed", cfg.get("seed", 0), NonNegativeInt)
+
+    data_entry = DATASETS.get(parts["data"]["name"])
+    task = cfg.get("task") or data_entry.meta["task"]
+    TASKS.get(str(task), "task")
+    _check_compatible(parts, reg, trainer, task, data_entry, MODELS, LOSSES, OPTIMIZERS, REGULARIZERS)
+    return RunSpec(seed=seed, task=task, reg=reg, trainer=trainer, batch_size=batch_size, **parts)
+
+
+def _check_compatible(parts, reg, trainer, task, data_entry, MODELS, LOSSES, OPTIMIZERS, REGULARIZERS) -> None:
+    """Cross-section rules that no single section can check on its own."""
+    model = MODELS.get(parts["model"]["name"])
+    kind = data_entry.meta["kind"]
+    if kind not in model.meta["inputs"]:
+        fits = [e.name for e in MODELS if kind in e.meta["inputs"]]
+        raise UserError(
+            f"model={model.name} needs {' or '.join(model.meta['inputs'])} input, but data={data_entry.name} is {kind} data; "
+            f"models for it: {', '.join(fits)}"
+        )
+    if task == "classification" and data_entry.meta["task"] != "classification":
+        raise UserError(f"task=classification needs labelled data, but data={data_entry.name} has real-valued targets; use task=regression")
+    loss = LOSSES.get(parts["loss"]["name"])
+    if task not in loss.meta["tasks"]:
+        fits = [e.name for e in LOSSES if task in e.meta["tasks"]]
+        raise UserError(f"loss={loss.name} does not apply to task {task}; choose from: {', '.join(fits)}")
+    for name, params in reg.items():
+        built = REGULARIZERS.build({"name": name, **params}, key=f"reg.{name}")
+        for section, entry, overrides in (("model", model, built.model), ("loss", loss, built.loss)):
+            missing = [k for k in overrides if k not in entry.params()]
+            if missing:
+                raise UserError(f"reg={name} sets {section}.{missing[0]}, which {section}={entry.name} does not have")
+    optim = OPTIMIZERS.get(parts["optim"]["name"])
+    if optim.meta.get("closure"):
+        if trainer.accumulate > 1:
+            raise ConfigError("trainer.accumulate", trainer.accumulate, f"optim={optim.name} re-evaluates the loss itself; allowed: 1")
+        if trainer.precision == "16":
+            raise ConfigError("trainer.precision", trainer.precision, f"optim={optim.name} cannot use a gradient scaler; allowed: 32, bf16")
+    monitors = {"classification": ("loss", "accuracy")}.get(task, ("loss", "rmse", "mae", "r2"))
+    allowed = [f"val_{m}" for m in monitors]
+    for key, value in (("trainer.early_stop.monitor", trainer.early_stop.monitor), ("trainer.checkpoint.monitor", trainer.checkpoint.monitor)):
+        if value not in allowed:
+            raise unknown_choice(key, value, allowed)

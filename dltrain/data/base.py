@@ -1,0 +1,134 @@
+"""The in-memory dataset contract and the helpers every dataset shares (splits, normalisation)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+
+@dataclass
+class Split:
+    """Inputs and targets of one split, as CPU tensors (float32 inputs)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass
+class DataBundle:
+    """Train/val/test splits plus what the builder needs to size the model and pick the task."""
+
+    name: str
+    kind: Literal["image", "table", "sequence"]
+    task: str  # the default task for this data: classification, regression or forecasting
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int | None = None  # classification
+    class_names: list[str] | None = None
+    # Normalisation fitted on train, kept so later verbs can apply it to new inputs.
+    x_mean: list[float] = field(default_factory=list)
+    x_std: list[float] = field(default_factory=list)
+    # Regression targets are standardised for training; metrics are reported in original units.
+    y_mean: list[float] | None = None
+    y_std: list[float] | None = None
+    note: str = ""
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+    @property
+    def target_dim(self) -> int:
+        return self.num_classes if self.num_classes else (1 if self.train.y.dim() == 1 else self.train.y.shape[1])
+
+    def describe(self) -> dict:
+        """What summary.json records about the data."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "in_shape": list(self.in_shape),
+            "num_classes": self.num_classes,
+            "sizes": {"train": len(self.train), "val": len(self.val), "test": len(self.test)},
+            "normalization": {"x_mean": self.x_mean, "x_std": self.x_std, "y_mean": self.y_mean, "y_std": self.y_std},
+            **({"note": self.note} if self.note else {}),
+        }
+
+
+def quantile_bins(y: np.ndarray, bins: int = 10) -> np.ndarray:
+    """Bin real-valued targets by quantile, so regression splits can be stratified too."""
+    y = y.reshape(len(y), -1)[:, 0]
+    return np.digitize(y, np.quantile(y, np.linspace(0, 1, bins + 1)[1:-1]))
+
+
+def stratified_split(
+    x: np.ndarray,
+    y: np.ndarray,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    by: Literal["class", "quantile"],
+) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """Seeded train/val/test split, stratified by class, or by target decile for regression.
+
+    Stratifying small regression sets keeps their test targets representative: on diabetes
+    the spread of test R2 across split seeds halves.
+    """
+    strata = quantile_bins if by == "quantile" else (lambda t: t)
+    x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=strata(y))
+    if val_fraction > 0:
+        x_train, x_val, y_train, y_val = train_test_split(
+            x_rest, y_rest, test_size=val_fraction, random_state=seed, stratify=strata(y_rest)
+        )
+    else:
+        x_train, y_train, x_val, y_val = x_rest, y_rest, x_rest[:0], y_rest[:0]
+    return (x_train, y_train), (x_val, y_val), (x_test, y_test)
+
+
+def standardize(train: np.ndarray, *others: np.ndarray, per_feature: bool) -> tuple[list[np.ndarray], list[float], list[float]]:
+    """Scale every array by the train mean and std (per feature, or one scalar for images)."""
+    axis = 0 if per_feature else None
+    mean = train.mean(axis=axis, dtype=np.float64)
+    std = train.std(axis=axis, dtype=np.float64)
+    std = np.where(std > 1e-12, std, 1.0)
+    scaled = [((a - mean) / std).astype(np.float32) for a in (train, *others)]
+    return scaled, np.atleast_1d(mean).tolist(), np.atleast_1d(std).tolist()
+
+
+def classification_bundle(
+    name: str,
+    kind: Literal["image", "table"],
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    split_seed: int,
+    class_names: list[str] | None = None,
+    note: str = "",
+) -> DataBundle:
+    """Split, normalise on train and wrap a labelled dataset (images keep their (C, H, W) shape)."""
+    (xtr, ytr), (xva, yva), (xte, yte) = stratified_split(x, y, val_fraction, test_fraction, split_seed, by="class")
+    (xtr, xva, xte), mean, std = standardize(xtr, xva, xte, per_feature=kind == "table")
+    num_classes = int(y.max()) + 1
+    as_split = lambda a, b: Split(torch.from_numpy(np.ascontiguousarray(a)), torch.from_numpy(b.astype(np.int64)))  # noqa: E731
+    return DataBundle(
+        name=name,
+        kind=kind,
+        task="classification",
+        train=as_split(xtr, ytr),
+        val=as_split(xva, yva),
+        test=as_split(xte, yte),
+        num_classes=num_classes,
+        class_names=class_names or [str(i) for i in range(num_classes)],
+        x_mean=mean,
+        x_std=std,
+        note=note,
+    )

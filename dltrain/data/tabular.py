@@ -1,0 +1,79 @@
+"""scikit-learn's bundled datasets: offline, small, and classic teaching sets."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn import datasets as skd
+
+from dltrain.data import DATASETS
+from dltrain.data.base import DataBundle, Split, classification_bundle, standardize, stratified_split
+from dltrain.schema import Fraction, NonNegativeInt
+
+ValFraction = TestFraction = Fraction
+
+
+@DATASETS.register("digits", kind="image", task="classification")
+def digits(val_fraction: ValFraction = 0.1, test_fraction: TestFraction = 0.2, split_seed: NonNegativeInt = 0) -> DataBundle:
+    """8x8 handwritten digits (1,797 images, 10 classes), bundled with scikit-learn."""
+    raw = skd.load_digits()
+    x = raw.images.astype(np.float32)[:, None]  # (N, 1, 8, 8)
+    return classification_bundle(
+        "digits", "image", x, raw.target, val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed
+    )
+
+
+def _table(name: str, loader, val_fraction: float, test_fraction: float, split_seed: int) -> DataBundle:
+    raw = loader()
+    return classification_bundle(
+        name,
+        "table",
+        raw.data.astype(np.float32),
+        raw.target,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        split_seed=split_seed,
+        class_names=[str(c) for c in raw.target_names],
+    )
+
+
+@DATASETS.register("iris", kind="table", task="classification")
+def iris(val_fraction: ValFraction = 0.1, test_fraction: TestFraction = 0.2, split_seed: NonNegativeInt = 0) -> DataBundle:
+    """Fisher's iris: 150 flowers, 4 features, 3 species."""
+    return _table("iris", skd.load_iris, val_fraction, test_fraction, split_seed)
+
+
+@DATASETS.register("wine", kind="table", task="classification")
+def wine(val_fraction: ValFraction = 0.1, test_fraction: TestFraction = 0.2, split_seed: NonNegativeInt = 0) -> DataBundle:
+    """UCI wine recognition: 178 wines, 13 chemical features, 3 cultivars."""
+    return _table("wine", skd.load_wine, val_fraction, test_fraction, split_seed)
+
+
+@DATASETS.register("breast_cancer", kind="table", task="classification")
+def breast_cancer(val_fraction: ValFraction = 0.1, test_fraction: TestFraction = 0.2, split_seed: NonNegativeInt = 0) -> DataBundle:
+    """Wisconsin diagnostic breast cancer: 569 tumours, 30 features, malignant vs benign."""
+    return _table("breast_cancer", skd.load_breast_cancer, val_fraction, test_fraction, split_seed)
+
+
+@DATASETS.register("diabetes", kind="table", task="regression")
+def diabetes(val_fraction: ValFraction = 0.1, test_fraction: TestFraction = 0.2, split_seed: NonNegativeInt = 0) -> DataBundle:
+    """Diabetes progression: 442 patients, 10 features, a disease-progression score (regression)."""
+    raw = skd.load_diabetes()
+    (xtr, ytr), (xva, yva), (xte, yte) = stratified_split(
+        raw.data.astype(np.float32), raw.target.astype(np.float32)[:, None], val_fraction, test_fraction, split_seed, by="quantile"
+    )
+    (xtr, xva, xte), x_mean, x_std = standardize(xtr, xva, xte, per_feature=True)
+    (ytr, yva, yte), y_mean, y_std = standardize(ytr, yva, yte, per_feature=True)
+    split = lambda a, b: Split(torch.from_numpy(a), torch.from_numpy(b))  # noqa: E731
+    return DataBundle(
+        name="diabetes",
+        kind="table",
+        task="regression",
+        train=split(xtr, ytr),
+        val=split(xva, yva),
+        test=split(xte, yte),
+        x_mean=x_mean,
+        x_std=x_std,
+        y_mean=y_mean,
+        y_std=y_std,
+    )

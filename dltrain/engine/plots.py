@@ -1,0 +1,34 @@
+"""Loss and metric curves as PNG files in the run directory's plots/ folder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def plot_history(history: Sequence[dict], folder: Path) -> list[Path]:
+    """Write loss.png (train and val loss) and one PNG per other validation metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return []
+    epochs = [row["epoch"] for row in history]
+    written = []
+    metrics = [k for k in history[0] if k.startswith("val_") and k != "val_loss"]
+    for name, series in [("loss", ["train_loss", "val_loss"])] + [(m.removeprefix("val_"), [m]) for m in metrics]:
+        fig, ax = plt.subplots(figsize=(5, 3.4), dpi=110)
+        for key in series:
+            ax.plot(epochs, [row[key] for row in history], marker="o" if len(epochs) < 30 else None, ms=3, label=key)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = folder / f"{name}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written

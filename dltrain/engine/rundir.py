@@ -1,0 +1,101 @@
+"""The run directory: the contract every later verb, test and benchmark reads.
+
+    config.yaml      the resolved config of the run
+    metrics.csv      one row per epoch: epoch, step, train_loss, val_<metric>..., lr, seconds
+    summary.json     task, test and best metrics, epochs, timings, device, seed, versions, weights_sha256
+    checkpoints/     last.safetensors and best.safetensors (model weights, safetensors only)
+    plots/           loss.png and one PNG per validation metric
+    train.log        the run's log (written by Hydra's job logging)
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def weights_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """A hash of a state dict's names, dtypes, shapes and bytes (independent of file format)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class RunDir:
+    """Paths and writers of one run directory."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.config = self.path / "config.yaml"
+        self.metrics = self.path / "metrics.csv"
+        self.summary = self.path / "summary.json"
+        self.checkpoints = self.path / "checkpoints"
+        self.plots = self.path / "plots"
+        self._columns: list[str] | None = None
+
+    def create(self) -> None:
+        for p in (self.path, self.checkpoints, self.plots):
+            p.mkdir(parents=True, exist_ok=True)
+
+    def write_config(self, yaml_text: str) -> None:
+        atomic_write(self.config, yaml_text.encode())
+
+    def append_metrics(self, row: Mapping[str, Any]) -> None:
+        """Append one row to metrics.csv (the first row fixes the columns)."""
+        new = self._columns is None
+        if new:
+            self._columns = list(row)
+        with open(self.metrics, "w" if new else "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self._columns, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow({k: _fmt(v) for k, v in row.items()})
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        atomic_write(self.summary, (json.dumps(summary, indent=2) + "\n").encode())
+
+    def save_weights(self, name: str, state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> Path:
+        """Save model weights as checkpoints/<name>.safetensors, atomically."""
+        from safetensors.torch import save
+
+        path = self.checkpoints / f"{name}.safetensors"
+        tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        atomic_write(path, save(tensors, metadata={k: str(v) for k, v in metadata.items()}))
+        return path
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a safetensors weights file (no pickle involved)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _fmt(v: Any) -> Any:
+    return f"{v:.6g}" if isinstance(v, float) else v

@@ -1,0 +1,105 @@
+"""Recurrent networks: Elman RNN, LSTM and GRU over a sequence (or an image read row by row)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from dltrain.models import MODELS
+from dltrain.schema import PositiveInt, Probability
+
+CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+
+class RecurrentNet(nn.Module):
+    """A stacked (optionally bidirectional) recurrent layer, then a linear head on the last state.
+
+    Input ``(B, T, F)`` is a sequence; an image ``(B, C, H, W)`` is read as H steps of C*W
+    features; a table ``(B, F)`` as F steps of one feature.
+    """
+
+    def __init__(
+        self,
+        cell: str,
+        in_shape: tuple[int, ...],
+        out_features: int,
+        hidden: int,
+        layers: int,
+        bidirectional: bool,
+        dropout: float,
+        batchnorm: bool,
+        **cell_kwargs,
+    ) -> None:
+        super().__init__()
+        features = in_shape[0] * in_shape[2] if len(in_shape) == 3 else (in_shape[-1] if len(in_shape) == 2 else 1)
+        self.rnn = CELLS[cell](
+            features,
+            hidden,
+            num_layers=layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if layers > 1 else 0.0,
+            **cell_kwargs,
+        )
+        self.hidden, self.bidirectional = hidden, bidirectional
+        width = hidden * (2 if bidirectional else 1)
+        self.norm = nn.BatchNorm1d(width) if batchnorm else nn.Identity()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.head = nn.Linear(width, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:  # (B, C, H, W) -> (B, H, C*W): one image row per time step
+            x = x.permute(0, 2, 1, 3).flatten(2)
+        elif x.dim() == 2:
+            x = x.unsqueeze(-1)
+        out, _ = self.rnn(x)
+        if self.bidirectional:  # forward direction's last step, backward direction's first
+            last = torch.cat([out[:, -1, : self.hidden], out[:, 0, self.hidden :]], dim=1)
+        else:
+            last = out[:, -1]
+        return self.head(self.dropout(self.norm(last)))
+
+
+@MODELS.register("rnn", family="recurrent", inputs=("image", "sequence"))
+def rnn(
+    in_shape: tuple[int, ...],
+    out_features: int,
+    hidden: PositiveInt = 128,
+    layers: PositiveInt = 1,
+    activation: Literal["tanh", "relu"] = "tanh",
+    bidirectional: bool = False,
+    dropout: Probability = 0.0,
+    batchnorm: bool = False,
+) -> RecurrentNet:
+    """Elman RNN (tanh or ReLU units) with a linear head on the last hidden state."""
+    return RecurrentNet("rnn", in_shape, out_features, hidden, layers, bidirectional, dropout, batchnorm, nonlinearity=activation)
+
+
+@MODELS.register("lstm", family="recurrent", inputs=("image", "sequence"))
+def lstm(
+    in_shape: tuple[int, ...],
+    out_features: int,
+    hidden: PositiveInt = 128,
+    layers: PositiveInt = 1,
+    bidirectional: bool = False,
+    dropout: Probability = 0.0,
+    batchnorm: bool = False,
+) -> RecurrentNet:
+    """Long short-term memory network (Hochreiter & Schmidhuber 1997)."""
+    return RecurrentNet("lstm", in_shape, out_features, hidden, layers, bidirectional, dropout, batchnorm)
+
+
+@MODELS.register("gru", family="recurrent", inputs=("image", "sequence"))
+def gru(
+    in_shape: tuple[int, ...],
+    out_features: int,
+    hidden: PositiveInt = 128,
+    layers: PositiveInt = 1,
+    bidirectional: bool = False,
+    dropout: Probability = 0.0,
+    batchnorm: bool = False,
+) -> RecurrentNet:
+    """Gated recurrent unit network (Cho et al. 2014)."""
+    return RecurrentNet("gru", in_shape, out_features, hidden, layers, bidirectional, dropout, batchnorm)

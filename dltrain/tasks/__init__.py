@@ -1,0 +1,11 @@
+"""Tasks: what one training step means for a model family, and how it is measured.
+
+A task turns a model output and a target into a loss, accumulates evaluation statistics on the
+device (no host sync per batch) and turns them into metrics once per evaluation.
+"""
+
+from dltrain.registry import Registry
+
+TASKS = Registry("task")
+
+from dltrain.tasks import supervised  # noqa: E402,F401  (registration)

@@ -1,0 +1,119 @@
+"""Supervised tasks: classification, regression and forecasting."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dltrain.data.base import DataBundle
+from dltrain.registry import Entry
+from dltrain.tasks import TASKS
+
+
+class SupervisedTask:
+    """Common shape of a supervised task: ``loss(output, y)`` and on-device metric sums."""
+
+    name = "supervised"
+    default_loss = "mse"
+    higher_is_better: frozenset[str] = frozenset()
+
+    def __init__(self, data: DataBundle, loss_entry: Entry, loss_fn: nn.Module) -> None:
+        self.data, self.loss_entry, self.loss_fn = data, loss_entry, loss_fn
+
+    @staticmethod
+    def out_features(data: DataBundle) -> int:
+        return data.target_dim
+
+    def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(output.float(), y)
+
+    def mode(self, metric: str) -> str:
+        """'max' for metrics where higher is better, else 'min'."""
+        return "max" if metric.removeprefix("val_").removeprefix("test_") in self.higher_is_better else "min"
+
+
+@TASKS.register("classification", help="predict one of K classes; metrics: loss, accuracy")
+class ClassificationTask(SupervisedTask):
+    name = "classification"
+    default_loss = "cross_entropy"
+    higher_is_better = frozenset({"accuracy"})
+
+    def __init__(self, data: DataBundle, loss_entry: Entry, loss_fn: nn.Module) -> None:
+        super().__init__(data, loss_entry, loss_fn)
+        self.num_classes = data.num_classes
+        self.dense = loss_entry.meta["target"] == "dense"
+        self.probs = loss_entry.meta.get("input") == "probs"
+
+    @staticmethod
+    def out_features(data: DataBundle) -> int:
+        return data.num_classes
+
+    def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        output = output.float()
+        if not self.dense:
+            return self.loss_fn(output, y)
+        target = F.one_hot(y, self.num_classes).float()
+        return self.loss_fn(output.softmax(-1) if self.probs else output, target)
+
+    def new_state(self, device: torch.device) -> torch.Tensor:
+        return torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+
+    def update(self, state: torch.Tensor, output: torch.Tensor, y: torch.Tensor) -> None:
+        n = y.shape[0]
+        state[0] += self.loss(output, y).double() * n
+        state[1] += (output.argmax(-1) == y).sum()
+        state[2] += n
+
+    def compute(self, state: torch.Tensor) -> dict[str, float]:
+        loss_sum, correct, count = state.tolist()
+        return {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1)}
+
+
+@TASKS.register("regression", help="predict real values; metrics: loss, rmse, mae, r2 (original units)")
+class RegressionTask(SupervisedTask):
+    name = "regression"
+    default_loss = "mse"
+    higher_is_better = frozenset({"r2"})
+
+    def __init__(self, data: DataBundle, loss_entry: Entry, loss_fn: nn.Module) -> None:
+        super().__init__(data, loss_entry, loss_fn)
+        dim = data.target_dim
+        # Targets are standardised for training; metrics undo it so they read in data units.
+        self.y_mean = torch.tensor(data.y_mean or [0.0] * dim, dtype=torch.float64)
+        self.y_std = torch.tensor(data.y_std or [1.0] * dim, dtype=torch.float64)
+        self.dim = dim
+
+    def new_state(self, device: torch.device) -> torch.Tensor:
+        # [loss sum, count, then per output: sse, sae, sum y, sum y^2]
+        self.y_mean, self.y_std = self.y_mean.to(device), self.y_std.to(device)
+        return torch.zeros(2 + 4 * self.dim, dtype=torch.float64, device=device)
+
+    def update(self, state: torch.Tensor, output: torch.Tensor, y: torch.Tensor) -> None:
+        n = y.shape[0]
+        out = output.double().reshape(n, -1) * self.y_std + self.y_mean
+        true = y.double().reshape(n, -1) * self.y_std + self.y_mean
+        err = out - true
+        state[0] += self.loss(output, y).double() * n
+        state[1] += n
+        sums = state[2:].view(4, self.dim)
+        sums[0] += err.pow(2).sum(0)
+        sums[1] += err.abs().sum(0)
+        sums[2] += true.sum(0)
+        sums[3] += true.pow(2).sum(0)
+
+    def compute(self, state: torch.Tensor) -> dict[str, float]:
+        count = max(state[1].item(), 1.0)
+        sse, sae, sy, sy2 = state[2:].view(4, self.dim)
+        sst = (sy2 - sy.pow(2) / count).clamp_min(1e-12)
+        return {
+            "loss": state[0].item() / count,
+            "rmse": (sse.sum() / (count * self.dim)).sqrt().item(),
+            "mae": (sae.sum() / (count * self.dim)).item(),
+            "r2": (1 - sse / sst).mean().item(),  # averaged over outputs, as scikit-learn does
+        }
+
+
+@TASKS.register("forecasting", help="predict the next values of a series from a window; metrics as regression")
+class ForecastingTask(RegressionTask):
+    name = "forecasting"
