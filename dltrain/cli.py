@@ -157,9 +157,24 @@ def _train_job(cfg) -> float | None:
             logging.getLogger("dltrain").error(str(e))
             console.print(f"[red]job {hc.job.num} failed:[/] {e}", highlight=False)
             return None
+        _discard_if_unused(hc.runtime.output_dir)
         sys.exit(fail(str(e)))
     print_summary(console, summary, hc.runtime.output_dir)
     return summary["best"].get("val_loss")
+
+
+def _discard_if_unused(run_dir: str) -> None:
+    """Remove a run dir that holds only what Hydra wrote before the run failed to start."""
+    import re
+    import shutil
+    from pathlib import Path
+
+    path = Path(run_dir)
+    hydra_only = {".hydra", "train.log"}
+    if path.is_dir() and {p.name for p in path.iterdir()} <= hydra_only:
+        shutil.rmtree(path)
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", path.parent.name) and not any(path.parent.iterdir()):
+            path.parent.rmdir()  # the dated folder of the default layout, when this was its only run
 
 
 def print_summary(console, summary: dict, run_dir: str) -> None:

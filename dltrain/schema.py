@@ -92,12 +92,12 @@ def check_value(key: str, value: Any, tp: Any) -> Any:
     origin = get_origin(tp)
     if origin is Annotated:
         base, *marks = get_args(tp)
-        value = check_value(key, value, base)
+        given, value = value, check_value(key, value, base)
         for mark in marks:
             if isinstance(mark, Range) and value is not None:
                 items = value if isinstance(value, (list, tuple)) else [value]
                 if not all(mark.contains(v) for v in items):
-                    raise ConfigError(key, value, f"allowed: {_type_name(base)} {mark.describe()}")
+                    raise ConfigError(key, given, f"allowed: {_type_name(base)} {mark.describe()}")
             if isinstance(mark, Choice) and value is not None:
                 mark.check(key, value)
             if isinstance(mark, Pattern) and value is not None and not re.fullmatch(mark.regex, str(value)):

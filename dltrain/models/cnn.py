@@ -62,7 +62,7 @@ def cnn(
     hidden: PositiveInt = 128,
     activation: Activation = "relu",
     dropout: Probability = 0.0,
-    batchnorm: bool = False,
+    batchnorm: bool = True,
 ) -> ConvNet:
     """LeNet-style CNN: conv/pool blocks doubling the channels, then a hidden dense layer."""
     return ConvNet(tuple(in_shape), out_features, channels, layers, kernel_size, hidden, activation, dropout, batchnorm)

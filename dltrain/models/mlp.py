@@ -46,7 +46,7 @@ def mlp(
     layers: NonNegativeInt = 2,
     activation: Activation = "relu",
     dropout: Probability = 0.0,
-    batchnorm: bool = False,
+    batchnorm: bool = True,
 ) -> MLP:
     """Multi-layer perceptron: `layers` hidden layers of width `hidden` (any input, flattened)."""
     return MLP(math.prod(in_shape), out_features, hidden, layers, activation, dropout, batchnorm)

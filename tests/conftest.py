@@ -1,0 +1,50 @@
+"""Shared fixtures: compose configs like the CLI does, train in-process into a temp run dir."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST_TEST = REPO.parent / "shared" / "data" / "mnist-test"
+
+# Keep unit tests light on the 2-core CI machine.
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def compose():
+    """compose(*overrides) -> the composed DictConfig, as `dltrain` would build it."""
+    from dltrain.compose import compose_checked
+
+    return lambda *overrides: compose_checked(list(overrides))
+
+
+@pytest.fixture
+def train_run(tmp_path, compose):
+    """train_run(*overrides) -> (summary dict, run dir Path); quiet, in-process."""
+    from omegaconf import OmegaConf
+    from rich.console import Console
+
+    from dltrain.train import train
+
+    def run(*overrides: str, run_dir: Path | None = None):
+        cfg = compose("trainer.progress=none", *overrides)
+        out = run_dir or tmp_path / "run"
+        summary = train(cfg, out, Console(quiet=True), config_yaml=OmegaConf.to_yaml(cfg, resolve=True))
+        assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+        return summary, out
+
+    return run
