@@ -114,6 +114,9 @@ def validate(cfg: Mapping[str, Any]) -> RunSpec:
     reg = {}
     for name, params in reg_node.items():
         REGULARIZERS.get(str(name), "reg")
+        if params is not None and not isinstance(params, Mapping):
+            keys = ", ".join(REGULARIZERS.get(str(name)).params()) or "none"
+            raise ConfigError(f"reg.{name}", params, f"allowed: a mapping of its keys ({keys}), e.g. reg.{name}.KEY=VALUE")
         reg[name] = REGULARIZERS.check(str(name), dict(params or {}), f"reg.{name}")
 
     trainer = parse_dataclass(TrainerConfig, cfg.get("trainer"), "trainer")

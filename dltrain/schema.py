@@ -36,6 +36,8 @@ class Range:
         return " and ".join(parts)
 
     def contains(self, v: float) -> bool:
+        if v != v:  # NaN compares false with everything, so would slip through the bounds
+            return False
         if self.low is not None and (v < self.low or (self.low_open and v == self.low)):
             return False
         if self.high is not None and (v > self.high or (self.high_open and v == self.high)):

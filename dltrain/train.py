@@ -77,7 +77,9 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
     batch_size = len(train_split) if spec.optim.get("full_batch") else spec.batch_size
     train_loader = TensorLoader(
         train_split.x, train_split.y, batch_size, shuffle=not trainer.overfit_batches,
-        generator=generator, limit_batches=trainer.limit_train_batches, **loader_args,
+        generator=generator, limit_batches=trainer.limit_train_batches,
+        drop_last=len(train_split) % batch_size == 1,  # a batch of one breaks batch norm
+        **loader_args,
     )
     val_loader = TensorLoader(val_split.x, val_split.y, trainer.eval_batch_size, limit_batches=trainer.limit_val_batches, **loader_args)
     test_loader = TensorLoader(data.test.x, data.test.y, trainer.eval_batch_size, limit_batches=trainer.limit_val_batches, **loader_args)

@@ -188,6 +188,11 @@ def test_bad_config_is_one_line_user_error(compose, overrides: list[str], expect
         assert part in msg
 
 
+def test_reg_entry_must_be_a_mapping(compose) -> None:
+    with pytest.raises(UserError, match=r"reg\.l2=5 is not allowed"):
+        check(compose, "reg=[l2]", "reg.l2=5")
+
+
 @pytest.mark.parametrize("section", ["model", "optim", "loss", "data", "sched", "init"])
 def test_dotted_paths_are_never_built(compose, section: str) -> None:
     with pytest.raises(UserError, match=rf"{section}\.name='torch\.nn\.Linear' is not allowed; choose from"):

@@ -183,7 +183,7 @@ def test_literal_suggests_closest() -> None:
 def test_optional() -> None:
     assert check_value("k", None, Positive | None) is None
     assert check_value("k", 2, Positive | None) == 2.0
-    with pytest.raises(ConfigError, match=r"k=-1\.0 is not allowed; allowed: a number > 0"):
+    with pytest.raises(ConfigError, match=r"k=-1 is not allowed; allowed: a number > 0"):  # the value as given
         check_value("k", -1, Positive | None)
     with pytest.raises(ConfigError, match="allowed: a number"):
         check_value("k", None, float)
@@ -215,10 +215,9 @@ def test_range_bounds(rng: Range, inside: list[float], outside: list[float], wor
     for v in outside:
         with pytest.raises(ConfigError) as e:
             check_value("k", v, tp)
-        assert str(e.value) == f"k={float(v)!r} is not allowed; allowed: a number {words}"
+        assert str(e.value) == f"k={v!r} is not allowed; allowed: a number {words}"
 
 
-@pytest.mark.xfail(reason="schema.Range.contains accepts NaN (every comparison with NaN is False), so optim.lr=nan passes validation and torch raises a traceback", strict=True)
 def test_range_rejects_nan() -> None:
     with pytest.raises(ConfigError):
         check_value("optim.lr", math.nan, Positive)
@@ -269,7 +268,7 @@ def test_parse_trainer_config_unknown_nested_key() -> None:
 def test_parse_trainer_config_bad_values() -> None:
     with pytest.raises(ConfigError, match=r"trainer\.max_epochs=0 is not allowed; allowed: an integer >= 1"):
         parse_dataclass(TrainerConfig, {"max_epochs": 0}, "trainer")
-    with pytest.raises(ConfigError, match=r"trainer\.early_stop\.min_delta=-1\.0"):
+    with pytest.raises(ConfigError, match=r"trainer\.early_stop\.min_delta=-1 is not allowed"):
         parse_dataclass(TrainerConfig, {"early_stop": {"min_delta": -1}}, "trainer")
     with pytest.raises(ConfigError, match=r"trainer\.early_stop=5 is not allowed; allowed: a mapping of EarlyStopConfig keys"):
         parse_dataclass(TrainerConfig, {"early_stop": 5}, "trainer")

@@ -29,6 +29,7 @@ class TensorLoader:
         generator: torch.Generator | None = None,
         limit_batches: int = 0,
         channels_last: bool = False,
+        drop_last: bool = False,
     ) -> None:
         nbytes = x.nbytes + y.nbytes
         self.resident = device.type == "cpu" or nbytes <= RESIDENT_LIMIT_BYTES
@@ -40,7 +41,7 @@ class TensorLoader:
             x, y = x.pin_memory(), y.pin_memory()
         self.x, self.y, self.device = x, y, device
         self.batch_size, self.shuffle, self.generator = batch_size, shuffle, generator
-        n_batches = -(-len(x) // batch_size)
+        n_batches = len(x) // batch_size if drop_last and len(x) >= batch_size else -(-len(x) // batch_size)
         self.num_batches = min(n_batches, limit_batches) if limit_batches else n_batches
 
     def __len__(self) -> int:

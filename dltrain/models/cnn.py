@@ -37,6 +37,8 @@ class ConvNet(nn.Module):
             if batchnorm:
                 blocks.append(nn.BatchNorm2d(out_c))
             blocks.append(make_activation(activation))
+            grow = 2 * (kernel_size // 2) - kernel_size + 1  # +1 for even kernels, 0 for odd
+            h, w = h + grow, w + grow
             if min(h, w) >= 2:
                 blocks.append(nn.MaxPool2d(2))
                 h, w = h // 2, w // 2
