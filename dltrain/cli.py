@@ -14,6 +14,7 @@ from collections.abc import Sequence
 # Hydra flags that inspect the config rather than run training: passed through unchecked.
 INSPECT_FLAGS = ("--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--hydra-help", "--resolve", "-p", "--package")
 
+# verb -> one-line help; each verb's handler is `_verb_<name>(argv) -> exit code` below.
 VERBS = {
     "train": "train a model (the default verb): dltrain [train] [overrides...]",
     "ls": "list registered components: dltrain ls [GROUP] [PATTERN]",
@@ -193,6 +194,41 @@ def print_summary(console, summary: dict, run_dir: str) -> None:
     console.print(f"run directory: [bold]{run_dir}[/]", highlight=False)
 
 
+def verb_options(argv: Sequence[str], cls: type, verb: str, positional: Sequence[str] = ()):
+    """Parse a verb's ``KEY=VALUE`` arguments (after its positional ones) into dataclass `cls`.
+
+    Validation is the config's: a bad key or value is a one-line UserError naming it.
+    """
+    import yaml
+
+    from dltrain.errors import UserError
+    from dltrain.schema import parse_dataclass
+
+    args, values = list(argv), {}
+    for name in positional:
+        if not args or "=" in args[0]:
+            raise UserError(f"dltrain {verb} needs {name.upper()}: dltrain {verb} {' '.join(p.upper() for p in positional)} [KEY=VALUE ...]")
+        values[name] = args.pop(0)
+    for arg in args:
+        key, sep, raw = arg.partition("=")
+        if not sep:
+            raise UserError(f"dltrain {verb}: expected KEY=VALUE, got {arg!r}")
+        try:
+            values[key] = yaml.safe_load(raw) if raw else raw
+        except yaml.YAMLError:
+            values[key] = raw
+    return parse_dataclass(cls, values, "")
+
+
+def _run_verb(handler, argv: list[str]) -> int:
+    from dltrain.errors import UserError
+
+    try:
+        return handler(argv) or 0
+    except UserError as e:
+        return fail(str(e))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = argv[0] if argv and not argv[0].startswith("-") and "=" not in argv[0] else None
@@ -203,8 +239,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         print(f"dltrain {__version__}")
         sys.exit(0)
-    if verb == "ls":
-        sys.exit(list_components(argv[1:]))
+    if verb in VERBS and verb != "train":
+        sys.exit(_run_verb(globals()[f"_verb_{verb}"], argv[1:]))
     if verb == "train":
         argv = argv[1:]
     elif verb is not None:
@@ -216,3 +252,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(train_command(argv))
     except KeyboardInterrupt:
         sys.exit(fail("interrupted", 130))
+
+
+# ---- verbs: thin wrappers that import their module only when used --------------------------
+
+
+def _verb_ls(argv: list[str]) -> int:
+    return list_components(argv)

@@ -7,6 +7,7 @@ import math
 import platform
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from torch import nn
 
 import dltrain
 from dltrain.config import RunSpec, validate
+from dltrain.errors import ConfigError, UserError
 from dltrain.data import DATASETS, DataBundle, Split
 from dltrain.engine.device import check_precision, configure_backends, describe, seed_everything, select_device
 from dltrain.engine.loader import TensorLoader
@@ -22,23 +24,43 @@ from dltrain.engine.loggers import LOGGERS
 from dltrain.engine.loop import evaluate, fit
 from dltrain.engine.plots import plot_history
 from dltrain.engine.progress import ProgressDisplay
-from dltrain.engine.rundir import RunDir, weights_sha256
+from dltrain.engine.rundir import RunDir, load_weights, weights_sha256
 from dltrain.losses import LOSSES
 from dltrain.models import MODELS
 from dltrain.models.layers import INITS, count_parameters
 from dltrain.optim import OPTIMIZERS, build_schedule
-from dltrain.regularization import WeightPenalty, build_regularizers
+from dltrain.regularization import Regularizer, WeightPenalty, build_regularizers
 from dltrain.tasks import TASKS
 
 log = logging.getLogger("dltrain")
 
 
-def _without_name(node: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in node.items() if k != "name"}
+@dataclass
+class Built:
+    """The objects one run is made of, built from a validated spec."""
+
+    spec: RunSpec
+    device: torch.device
+    data: DataBundle
+    task: Any
+    model: nn.Module
+    regs: list[Regularizer]
+    channels_last: bool
 
 
-def build_data(spec: RunSpec) -> DataBundle:
-    return DATASETS.build(spec.data, key="data")
+def build(spec: RunSpec, device: torch.device) -> Built:
+    """Data, task, model (initialised, on `device`) and regularizers for `spec`."""
+    data = DATASETS.build(spec.data, key="data")
+    regs = list(build_regularizers(spec.reg).values())
+    model_cfg = {**spec.model, **{k: v for r in regs for k, v in r.model.items()}}
+    loss_cfg = {**spec.loss, **{k: v for r in regs for k, v in r.loss.items()}}
+    task_cls = TASKS.get(spec.task).fn
+    task = task_cls(data, LOSSES.get(loss_cfg["name"]), LOSSES.build(loss_cfg, key="loss"))
+    model: nn.Module = MODELS.build(model_cfg, key="model", in_shape=data.in_shape, out_features=task_cls.out_features(data))
+    INITS.build(spec.init, key="init")(model)
+    channels_last = device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
+    return Built(spec, device, data, task, model, regs, channels_last)
 
 
 def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml: str | None = None) -> dict[str, Any]:
@@ -53,18 +75,9 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
     configure_backends(device, trainer.precision, trainer.deterministic)
     generator = seed_everything(spec.seed)
 
-    data = build_data(spec)
-    regs = list(build_regularizers(spec.reg).values())
-    model_cfg = {**spec.model, **{k: v for r in regs for k, v in r.model.items()}}
-    loss_cfg = {**spec.loss, **{k: v for r in regs for k, v in r.loss.items()}}
+    built = build(spec, device)
+    data, task, model, regs, channels_last = built.data, built.task, built.model, built.regs, built.channels_last
     clip_grad = trainer.clip_grad or next((r.clip_grad for r in regs if r.clip_grad), None)
-
-    task_cls = TASKS.get(spec.task).fn
-    task = task_cls(data, LOSSES.get(loss_cfg["name"]), LOSSES.build(loss_cfg, key="loss"))
-    model: nn.Module = MODELS.build(model_cfg, key="model", in_shape=data.in_shape, out_features=task_cls.out_features(data))
-    INITS.build(spec.init, key="init")(model)
-    channels_last = device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
-    model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     optim_entry = OPTIMIZERS.get(spec.optim["name"])
     optimizer = OPTIMIZERS.build(spec.optim, key="optim", params=model.parameters())
     penalty = WeightPenalty(model, regs)
@@ -148,3 +161,45 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
     }
     run.write_summary(summary)
     return summary
+
+
+@dataclass
+class LoadedRun:
+    """A finished run read back from its directory: its spec, data, task and trained model."""
+
+    path: Path
+    summary: dict[str, Any]
+    built: Built
+    checkpoint: Path
+
+
+def load_run(run_dir: str | Path, ckpt: str = "best", device: str = "cpu") -> LoadedRun:
+    """Rebuild a run's model from config.yaml and load checkpoints/<ckpt>.safetensors (eval mode).
+
+    Every problem a user can cause (no such dir, not a run dir, missing or corrupt checkpoint,
+    a checkpoint from a newer format or another model) is a one-line UserError.
+    """
+    import json
+
+    from omegaconf import OmegaConf
+
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise UserError(f"run directory {str(path)!r} does not exist")
+    if not (path / "config.yaml").is_file():
+        raise UserError(f"{str(path)!r} is not a dltrain run directory: it has no config.yaml")
+    spec = validate(OmegaConf.load(path / "config.yaml"))
+    checkpoint = path / "checkpoints" / f"{ckpt}.safetensors"
+    if not checkpoint.is_file():
+        have = sorted(p.stem for p in (path / "checkpoints").glob("*.safetensors"))
+        raise ConfigError("ckpt", ckpt, f"{path} has " + (f"checkpoints: {', '.join(have)}" if have else "no checkpoint (did the run finish?)"))
+    state = load_weights(checkpoint)
+    built = build(spec, select_device(device))
+    try:
+        built.model.load_state_dict(state)
+    except RuntimeError as e:
+        raise UserError(f"{checkpoint} does not fit model={spec.model['name']}: {str(e).splitlines()[0]}") from None
+    built.model.eval()
+    summary_path = path / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    return LoadedRun(path, summary, built, checkpoint)

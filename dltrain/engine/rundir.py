@@ -21,6 +21,11 @@ from typing import Any
 
 import torch
 
+from dltrain.errors import UserError
+
+# Version of what dltrain writes into checkpoints; readers refuse newer formats.
+CHECKPOINT_FORMAT = 1
+
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over `path`."""
@@ -86,15 +91,25 @@ class RunDir:
 
         path = self.checkpoints / f"{name}.safetensors"
         tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-        atomic_write(path, save(tensors, metadata={k: str(v) for k, v in metadata.items()}))
+        meta = {"format": str(CHECKPOINT_FORMAT), **{k: str(v) for k, v in metadata.items()}}
+        atomic_write(path, save(tensors, metadata=meta))
         return path
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a safetensors weights file (no pickle involved)."""
-    from safetensors.torch import load_file
+    """Load a safetensors weights file (no pickle involved); a bad file is a one-line UserError."""
+    from safetensors import safe_open
 
-    return load_file(str(path))
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            version = int((f.metadata() or {}).get("format", CHECKPOINT_FORMAT))
+            if version > CHECKPOINT_FORMAT:
+                raise UserError(f"{path} is checkpoint format {version}; this dltrain reads format {CHECKPOINT_FORMAT} or older: upgrade dltrain")
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except UserError:
+        raise
+    except Exception as e:  # safetensors reports truncation and bad headers with several types
+        raise UserError(f"{path} is not a readable safetensors checkpoint ({str(e).splitlines()[0]})") from None
 
 
 def _fmt(v: Any) -> Any:
