@@ -16,7 +16,8 @@ from dltrain.schema import Positive, Probability
 
 LOSSES = Registry("loss")
 
-ALL_TASKS = ("classification", "regression", "forecasting")
+SUPERVISED = ("classification", "regression", "forecasting")
+RECONSTRUCTION = ("autoencoder", "vae")
 
 
 def smooth(one_hot: torch.Tensor, eps: float) -> torch.Tensor:
@@ -52,9 +53,9 @@ class SmoothedBCE(nn.Module):
         return F.binary_cross_entropy_with_logits(logits, smooth(target, self.eps) if self.eps else target)
 
 
-@LOSSES.register("bce", tasks=("classification",), target="dense", input="logits")
+@LOSSES.register("bce", tasks=("classification", *RECONSTRUCTION, "gan"), target="dense", input="logits")
 def bce(label_smoothing: Probability = 0.0) -> nn.Module:
-    """Binary cross-entropy of each output's sigmoid against the one-hot target."""
+    """Binary cross-entropy of sigmoid outputs (one-hot targets; pixels; a GAN's real/fake calls)."""
     return SmoothedBCE(label_smoothing)
 
 
@@ -73,7 +74,7 @@ def kl_div(label_smoothing: Probability = 0.1) -> nn.Module:
     return KLToTarget(label_smoothing)
 
 
-@LOSSES.register("mse", tasks=ALL_TASKS, target="dense", input="probs")
+@LOSSES.register("mse", tasks=(*SUPERVISED, *RECONSTRUCTION), target="dense", input="probs")
 def mse() -> nn.Module:
     """Mean squared error (on softmax outputs vs one-hot for classification: the Brier score)."""
     return nn.MSELoss()
@@ -89,19 +90,35 @@ class RMSELoss(nn.Module):
         return torch.sqrt(F.mse_loss(output, target) + self.eps)
 
 
-@LOSSES.register("rmse", tasks=ALL_TASKS, target="dense", input="probs")
+@LOSSES.register("rmse", tasks=SUPERVISED, target="dense", input="probs")
 def rmse(eps: Positive = 1e-8) -> nn.Module:
     """Root mean squared error."""
     return RMSELoss(eps)
 
 
-@LOSSES.register("mae", tasks=ALL_TASKS, target="dense", input="probs")
+@LOSSES.register("mae", tasks=SUPERVISED, target="dense", input="probs")
 def mae() -> nn.Module:
     """Mean absolute error (L1 loss)."""
     return nn.L1Loss()
 
 
-@LOSSES.register("huber", tasks=ALL_TASKS, target="dense", input="probs")
+@LOSSES.register("huber", tasks=SUPERVISED, target="dense", input="probs")
 def huber(delta: Positive = 1.0) -> nn.Module:
     """Huber loss: quadratic near zero, linear beyond `delta` (robust to outliers)."""
     return nn.HuberLoss(delta=delta)
+
+
+class GANObjective(nn.Module):
+    """Marker for GAN objectives: the GAN task computes them from D's logits by name."""
+
+
+@LOSSES.register("hinge", tasks=("gan",), target="dense")
+def hinge() -> nn.Module:
+    """GAN hinge loss (Lim & Ye 2017; SAGAN): relu(1 - D(x)) + relu(1 + D(G(z))); G maximises D(G(z))."""
+    return GANObjective()
+
+
+@LOSSES.register("wgan_gp", tasks=("gan",), target="dense")
+def wgan_gp() -> nn.Module:
+    """Wasserstein GAN with gradient penalty (Gulrajani et al. 2017); weight set by model.gp_weight."""
+    return GANObjective()

@@ -121,8 +121,9 @@ def _cosine(warmup: int, total: int, min_ratio: float):
     return factor
 
 
-@SCHEDULES.register("plateau", interval="plateau", help="divide the rate when the validation loss stops improving")
+@SCHEDULES.register("plateau", interval="plateau", help="divide the rate when the monitored validation metric stops improving")
 def plateau(optimizer, steps_per_epoch, max_epochs, factor: Annotated[float, Range(0, 1, low_open=True, high_open=True)] = 0.5, patience: NonNegativeInt = 3, min_lr: NonNegative = 0.0):
+    # mode "min": every task's default monitor (val_loss, val_frechet) is lower-is-better
     return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience, min_lr=min_lr)
 
 
@@ -147,13 +148,14 @@ class Schedule:
         if self.per_step:
             self.scheduler.step()
 
-    def after_epoch(self, val_metrics: Mapping[str, float]) -> None:
+    def after_epoch(self, monitored: float | None) -> None:
+        """Step per-epoch schedules; plateau schedules watch the task's monitored metric."""
         if self.scheduler is None:
             return
         if self.interval == "epoch":
             self.scheduler.step()
-        elif self.interval == "plateau":
-            self.scheduler.step(val_metrics["loss"])
+        elif self.interval == "plateau" and monitored is not None:
+            self.scheduler.step(monitored)
 
 
 def build_schedule(cfg: Mapping, optimizer, steps_per_epoch: int, max_epochs: int) -> Schedule:

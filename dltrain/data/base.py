@@ -39,7 +39,19 @@ class DataBundle:
     # Regression targets are standardised for training; metrics are reported in original units.
     y_mean: list[float] | None = None
     y_std: list[float] | None = None
+    # Raw pixel range of image data (digits: 0..16, MNIST: 0..1), for generative models.
+    pixel_range: tuple[float, float] | None = None
     note: str = ""
+
+    def to_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised images -> pixel intensities in [0, 1]."""
+        lo, hi = self.pixel_range or (0.0, 1.0)
+        return ((x * self.x_std[0] + self.x_mean[0]) - lo) / (hi - lo)
+
+    def from_unit(self, u: torch.Tensor) -> torch.Tensor:
+        """Pixel intensities in [0, 1] -> the normalised inputs models are trained on."""
+        lo, hi = self.pixel_range or (0.0, 1.0)
+        return (u * (hi - lo) + lo - self.x_mean[0]) / self.x_std[0]
 
     @property
     def in_shape(self) -> tuple[int, ...]:
@@ -58,6 +70,7 @@ class DataBundle:
             "num_classes": self.num_classes,
             "sizes": {"train": len(self.train), "val": len(self.val), "test": len(self.test)},
             "normalization": {"x_mean": self.x_mean, "x_std": self.x_std, "y_mean": self.y_mean, "y_std": self.y_std},
+            "pixel_range": list(self.pixel_range) if self.pixel_range else None,
             **({"note": self.note} if self.note else {}),
         }
 
@@ -130,5 +143,6 @@ def classification_bundle(
         class_names=class_names or [str(i) for i in range(num_classes)],
         x_mean=mean,
         x_std=std,
+        pixel_range=(float(x.min()), float(x.max())) if kind == "image" else None,
         note=note,
     )

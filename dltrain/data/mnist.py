@@ -165,6 +165,7 @@ def _official_bundle(
         class_names=class_names,
         x_mean=mean,
         x_std=std,
+        pixel_range=(0.0, 1.0),
     )
 
 

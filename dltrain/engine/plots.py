@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def plot_history(history: Sequence[dict], folder: Path) -> list[Path]:
-    """Write loss.png (train and val loss) and one PNG per other validation metric."""
+    """Write loss.png (training losses and val_loss) and one PNG per other validation metric."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,8 +17,9 @@ def plot_history(history: Sequence[dict], folder: Path) -> list[Path]:
         return []
     epochs = [row["epoch"] for row in history]
     written = []
+    losses = [k for k in history[0] if (k.startswith("train_") and k.endswith("loss")) or k == "val_loss"]
     metrics = [k for k in history[0] if k.startswith("val_") and k != "val_loss"]
-    for name, series in [("loss", ["train_loss", "val_loss"])] + [(m.removeprefix("val_"), [m]) for m in metrics]:
+    for name, series in [("loss", losses)] + [(m.removeprefix("val_"), [m]) for m in metrics]:
         fig, ax = plt.subplots(figsize=(5, 3.4), dpi=110)
         for key in series:
             ax.plot(epochs, [row[key] for row in history], marker="o" if len(epochs) < 30 else None, ms=3, label=key)

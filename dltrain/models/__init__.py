@@ -9,4 +9,4 @@ from dltrain.registry import Registry
 
 MODELS = Registry("model")
 
-from dltrain.models import cnn, mlp, rnn  # noqa: E402,F401  (registration)
+from dltrain.models import cnn, generative, mlp, rnn  # noqa: E402,F401  (registration)

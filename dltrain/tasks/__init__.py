@@ -8,4 +8,4 @@ from dltrain.registry import Registry
 
 TASKS = Registry("task")
 
-from dltrain.tasks import supervised  # noqa: E402,F401  (registration)
+from dltrain.tasks import generative, supervised  # noqa: E402,F401  (registration)

@@ -9,34 +9,28 @@ from torch import nn
 from dltrain.data.base import DataBundle
 from dltrain.registry import Entry
 from dltrain.tasks import TASKS
+from dltrain.tasks.base import Task
 
 
-class SupervisedTask:
-    """Common shape of a supervised task: ``loss(output, y)`` and on-device metric sums."""
+class SupervisedTask(Task):
+    """Common shape of a supervised task: ``loss(model(x), y)`` and on-device metric sums."""
 
     name = "supervised"
-    default_loss = "mse"
-    higher_is_better: frozenset[str] = frozenset()
-
-    def __init__(self, data: DataBundle, loss_entry: Entry, loss_fn: nn.Module) -> None:
-        self.data, self.loss_entry, self.loss_fn = data, loss_entry, loss_fn
-
-    @staticmethod
-    def out_features(data: DataBundle) -> int:
-        return data.target_dim
 
     def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.loss_fn(output.float(), y)
 
-    def mode(self, metric: str) -> str:
-        """'max' for metrics where higher is better, else 'min'."""
-        return "max" if metric.removeprefix("val_").removeprefix("test_") in self.higher_is_better else "min"
+    def step_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, phase: str) -> torch.Tensor:
+        return self.loss(model(x), y)
+
+    def update(self, state: torch.Tensor, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.accumulate(state, model(x), y)
 
 
 @TASKS.register("classification", help="predict one of K classes; metrics: loss, accuracy")
 class ClassificationTask(SupervisedTask):
     name = "classification"
-    default_loss = "cross_entropy"
+    metrics = ("loss", "accuracy")
     higher_is_better = frozenset({"accuracy"})
 
     def __init__(self, data: DataBundle, loss_entry: Entry, loss_fn: nn.Module) -> None:
@@ -59,7 +53,7 @@ class ClassificationTask(SupervisedTask):
     def new_state(self, device: torch.device) -> torch.Tensor:
         return torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
 
-    def update(self, state: torch.Tensor, output: torch.Tensor, y: torch.Tensor) -> None:
+    def accumulate(self, state: torch.Tensor, output: torch.Tensor, y: torch.Tensor) -> None:
         n = y.shape[0]
         state[0] += self.loss(output, y).double() * n
         state[1] += (output.argmax(-1) == y).sum()
@@ -73,7 +67,7 @@ class ClassificationTask(SupervisedTask):
 @TASKS.register("regression", help="predict real values; metrics: loss, rmse, mae, r2 (original units)")
 class RegressionTask(SupervisedTask):
     name = "regression"
-    default_loss = "mse"
+    metrics = ("loss", "rmse", "mae", "r2")
     higher_is_better = frozenset({"r2"})
 
     def __init__(self, data: DataBundle, loss_entry: Entry, loss_fn: nn.Module) -> None:
@@ -89,7 +83,7 @@ class RegressionTask(SupervisedTask):
         self.y_mean, self.y_std = self.y_mean.to(device), self.y_std.to(device)
         return torch.zeros(2 + 4 * self.dim, dtype=torch.float64, device=device)
 
-    def update(self, state: torch.Tensor, output: torch.Tensor, y: torch.Tensor) -> None:
+    def accumulate(self, state: torch.Tensor, output: torch.Tensor, y: torch.Tensor) -> None:
         n = y.shape[0]
         out = output.double().reshape(n, -1) * self.y_std + self.y_mean
         true = y.double().reshape(n, -1) * self.y_std + self.y_mean
