@@ -19,9 +19,10 @@ from dltrain.config import RunSpec, validate
 from dltrain.errors import ConfigError, UserError
 from dltrain.data import DATASETS, DataBundle, Split
 from dltrain.engine.device import check_precision, configure_backends, describe, seed_everything, select_device
+from dltrain.engine.checkpoint import BackgroundWriter, CheckpointError, LoopState, TrainingInterrupted, commit, encode, link_or_copy, prune, restore
 from dltrain.engine.loader import TensorLoader
 from dltrain.engine.loggers import LOGGERS
-from dltrain.engine.loop import evaluate, fit
+from dltrain.engine.loop import Phase, evaluate, fit
 from dltrain.engine.plots import plot_history
 from dltrain.engine.progress import ProgressDisplay
 from dltrain.engine.rundir import RunDir, load_weights, weights_sha256
@@ -63,13 +64,19 @@ def build(spec: RunSpec, device: torch.device) -> Built:
     return Built(spec, device, data, task, model, regs, channels_last)
 
 
-def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml: str | None = None) -> dict[str, Any]:
-    """Run one training job described by `cfg` into `run_dir`; return the summary dict."""
+def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml: str | None = None, on_epoch=None) -> dict[str, Any]:
+    """Run one training job described by `cfg` into `run_dir`; return the summary dict.
+
+    `on_epoch(row)` is called with each epoch's metrics row (a sweep's pruning hook; it may raise).
+    """
     from rich.console import Console
 
     console = console or Console(stderr=True)
     spec = validate(cfg)
     trainer = spec.trainer
+    plain, config_text = _plain_config(cfg, config_yaml)
+    run = RunDir(run_dir)
+    resume = find_resume(trainer, run.path, plain, log.warning)  # before anything is built: fail fast
     device = select_device(trainer.device)
     check_precision(device, trainer.precision)
     configure_backends(device, trainer.precision, trainer.deterministic)
@@ -78,8 +85,7 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
     built = build(spec, device)
     data, task, model, regs, channels_last = built.data, built.task, built.model, built.regs, built.channels_last
     clip_grad = trainer.clip_grad or next((r.clip_grad for r in regs if r.clip_grad), None)
-    optim_entry = OPTIMIZERS.get(spec.optim["name"])
-    optimizer = OPTIMIZERS.build(spec.optim, key="optim", params=model.parameters())
+    needs_closure = bool(OPTIMIZERS.get(spec.optim["name"]).meta.get("closure"))
     penalty = WeightPenalty(model, regs)
 
     train_split, val_split = data.train, data.val
@@ -96,14 +102,41 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
     )
     val_loader = TensorLoader(val_split.x, val_split.y, trainer.eval_batch_size, limit_batches=trainer.limit_val_batches, **loader_args)
     test_loader = TensorLoader(data.test.x, data.test.y, trainer.eval_batch_size, limit_batches=trainer.limit_val_batches, **loader_args)
-    steps_per_epoch = len(train_loader) if optim_entry.meta.get("closure") else math.ceil(len(train_loader) / trainer.accumulate)
-    schedule = build_schedule(spec.sched, optimizer, steps_per_epoch, trainer.max_epochs)
+    steps_per_epoch = len(train_loader) if needs_closure else math.ceil(len(train_loader) / trainer.accumulate)
+    phases = [build_phase(spec, task, model, name, steps_per_epoch) for name in task.phases]
     net = torch.compile(model) if trainer.compile else model
 
-    run = RunDir(run_dir)
-    run.create()
+    try:
+        run.create()
+    except OSError as e:
+        raise UserError(f"cannot write the run directory {run.path}: {e.strerror or e}") from None
     if config_yaml is not None:
         run.write_config(config_yaml)
+    start = None
+    if resume is not None:
+        start = restore(*resume, model=model, phases=phases, generator=generator)
+        run.restart_metrics(start.history)
+        log.info("resuming from %s: epoch %d, batch %d, step %d", resume[0], start.epoch, start.batch, start.step)
+
+    writer = BackgroundWriter()
+
+    def save_checkpoint(loop: LoopState) -> Path:
+        """Snapshot the state now (bytes); write, fsync and commit it in the background."""
+        files = encode(loop, model.state_dict(), phases, generator, plain, config_text)
+        name = f"step-{loop.step:08d}"
+
+        def write() -> None:
+            path = commit(run.checkpoints, name, files)
+            try:  # the model-weights files other verbs read: hard links to this checkpoint's files
+                link_or_copy(path / "model.safetensors", run.checkpoints / "last.safetensors")
+                if "best.safetensors" in files:
+                    link_or_copy(path / "best.safetensors", run.checkpoints / "best.safetensors")
+            except OSError as e:
+                raise CheckpointError(f"cannot update {run.checkpoints}/last.safetensors: {e.strerror or e} (checkpoint {path} is complete)") from None
+            prune(run.checkpoints, trainer.checkpoint.keep_last)
+
+        writer.submit(write)  # waits for the previous write first (and raises its error)
+        return run.checkpoints / name
     loggers = [LOGGERS.build(spec.logger, key="logger", run_dir=run.path)]
     log.info("model=%s (%d parameters) data=%s task=%s device=%s", spec.model["name"], count_parameters(model), data.name, spec.task, describe(device))
     if data.note:
@@ -113,14 +146,23 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
     try:
         with progress:
             result = fit(
-                net, task, optimizer, schedule, train_loader, val_loader,
+                net, task, phases, train_loader, val_loader,
                 trainer=trainer, device=device, run=run, progress=progress, loggers=loggers,
                 penalty=penalty if penalty else None, clip_grad=clip_grad,
-                needs_closure=bool(optim_entry.meta.get("closure")), state_of=model.state_dict,
+                needs_closure=needs_closure, state_of=model.state_dict,
+                warn=lambda message: (log.warning(message), console.print(f"[yellow]warning:[/] {message}", highlight=False)),
+                on_epoch=on_epoch, save_checkpoint=save_checkpoint, start=start,
             )
+    except (TrainingInterrupted, UserError):
+        writer.wait()  # the interrupt's checkpoint must be committed (or its error reported) before exiting
+        raise
+    except BaseException:
+        writer.wait(quiet=True)
+        raise
     finally:
         for logger in loggers:
             logger.close()
+    writer.wait()
 
     last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     run.save_weights("last", last_state, {"epoch": result.epochs, "step": result.steps})
@@ -129,9 +171,12 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
     if trainer.test_ckpt == "best":
         model.load_state_dict(best_state)
     t0 = time.perf_counter()
-    test = evaluate(net, task, test_loader, device, trainer.precision)
+    test = evaluate(net, task, test_loader, device, trainer.precision, split="test")
     test_seconds = time.perf_counter() - t0
     plot_history(result.history, run.plots)
+    extras = task.end_fit(model, run.plots)
+    if extras.get("preview"):
+        console.print(extras.pop("preview"), highlight=False)
 
     summary = {
         "task": spec.task,
@@ -153,6 +198,7 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
         "weights_sha256": weights_sha256(last_state),
         "best_weights_sha256": weights_sha256(best_state),
         "dataset": data.describe(),
+        **extras,
         "versions": {
             "dltrain": dltrain.__version__,
             "torch": torch.__version__,
@@ -161,6 +207,81 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
     }
     run.write_summary(summary)
     return summary
+
+
+def _plain_config(cfg: Mapping[str, Any], config_yaml: str | None) -> tuple[dict[str, Any], str]:
+    """The config as a plain resolved dict (no hydra node) and as YAML text."""
+    import yaml
+    from omegaconf import DictConfig, OmegaConf
+
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    plain = {k: v for k, v in plain.items() if k != "hydra"}
+    return plain, config_yaml if config_yaml is not None else yaml.safe_dump(plain, sort_keys=False)
+
+
+def find_resume(trainer, run_dir: Path, plain: dict[str, Any], warn) -> tuple[Path, dict[str, bytes]] | None:
+    """The checkpoint to continue from (verified), per trainer.resume; None to start afresh.
+
+    A run dir resumes from its newest checkpoint, which must verify; a checkpoint dir from itself;
+    `auto` from the newest valid checkpoint with this config's hash in this run dir or the run
+    dirs beside it, falling back past damaged ones. A changed config fails with a diff of the
+    changed keys unless trainer.resume_force.
+    """
+    import yaml
+
+    from dltrain.engine.checkpoint import MANIFEST, checkpoints, config_diff, config_hash, newest_valid
+
+    if not trainer.resume:
+        return None
+    if trainer.resume == "auto":
+        want, found = config_hash(plain), []
+        root = run_dir.resolve().parent
+        for ckdir in {run_dir / "checkpoints", *root.glob("*/checkpoints"), *root.parent.glob("*/*/checkpoints")}:
+            for p in checkpoints(ckdir):
+                try:
+                    if json_load(p / "state.json").get("config_sha256") == want:
+                        found.append(p)
+                except (OSError, ValueError):
+                    found.append(p)  # unreadable: newest_valid names and skips it
+        if not found:
+            log.info("trainer.resume=auto: no checkpoint of this config yet; starting afresh")
+            return None
+        found.sort(key=lambda p: ((p / MANIFEST).stat().st_mtime if (p / MANIFEST).exists() else 0, p.name), reverse=True)
+        path, files = newest_valid(found, fallback=True, warn=warn)
+    else:
+        target = Path(trainer.resume)
+        if (target / MANIFEST).exists() or target.name.startswith("step-"):
+            path, files = newest_valid([target], fallback=False)
+        else:
+            if not target.is_dir():
+                raise UserError(f"resume: run directory {str(target)!r} does not exist")
+            found = checkpoints(target / "checkpoints")
+            if not found:
+                raise UserError(f"resume: {target} has no checkpoint to resume from (checkpoints/step-*/; see trainer.checkpoint.every_n_epochs)")
+            path, files = newest_valid(found, fallback=False)
+    if "config.yaml" in files and not trainer.resume_force:
+        diff = config_diff(yaml.safe_load(files["config.yaml"]) or {}, plain)
+        if diff:
+            raise UserError(f"resume: the config differs from checkpoint {path}'s: {'; '.join(diff)} (resume.force=true to resume anyway)")
+    return path, files
+
+
+def json_load(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
+
+
+def build_phase(spec: RunSpec, task, model: nn.Module, name: str, steps_per_epoch: int) -> Phase:
+    """The optimizer, schedule and scaler of one task phase ("d" uses optim_d and sched_d)."""
+    optim_cfg, sched_cfg, key = (spec.optim_d, spec.sched_d, "optim_d") if name == "d" else (spec.optim, spec.sched, "optim")
+    params = list(task.phase_params(model, name))
+    repeat = task.phase_repeats(model, name)
+    optimizer = OPTIMIZERS.build(optim_cfg, key=key, params=params)
+    schedule = build_schedule(sched_cfg, optimizer, steps_per_epoch * repeat, spec.trainer.max_epochs)
+    device_type = params[0].device.type if params else "cpu"
+    scaler = torch.amp.GradScaler(device_type) if spec.trainer.precision == "16" else None
+    return Phase(name, optimizer, schedule, params, repeat, scaler)
 
 
 @dataclass

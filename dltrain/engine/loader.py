@@ -41,6 +41,7 @@ class TensorLoader:
             x, y = x.pin_memory(), y.pin_memory()
         self.x, self.y, self.device = x, y, device
         self.batch_size, self.shuffle, self.generator = batch_size, shuffle, generator
+        self.order: torch.Tensor | None = None  # the current epoch's permutation (CPU)
         n_batches = len(x) // batch_size if drop_last and len(x) >= batch_size else -(-len(x) // batch_size)
         self.num_batches = min(n_batches, limit_batches) if limit_batches else n_batches
 
@@ -48,12 +49,19 @@ class TensorLoader:
         return self.num_batches
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.batches()
+
+    def batches(self, start: int = 0, order: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This epoch's batches from batch `start` on; `order` replays a saved permutation (a resume)
+        instead of drawing a new one. The permutation drawn is kept in `self.order` for checkpoints."""
         n, bs = len(self.x), self.batch_size
         if self.shuffle:
-            order = torch.randperm(n, generator=self.generator)
+            if order is None:
+                order = torch.randperm(n, generator=self.generator)
+            self.order = order
             if self.resident and self.device.type != "cpu":
                 order = order.to(self.device, non_blocking=True)
-        for i in range(self.num_batches):
+        for i in range(start, self.num_batches):
             if self.shuffle:
                 idx = order[i * bs : (i + 1) * bs]
                 xb, yb = self.x[idx], self.y[idx]

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from dltrain.config import TrainerConfig
+from dltrain.engine.checkpoint import LoopState, StopSignals, TrainingInterrupted, _task_state, load_task_state
 from dltrain.engine.device import autocast
 from dltrain.engine.loader import TensorLoader
 from dltrain.engine.loggers import Logger
@@ -34,17 +38,33 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
 
 
+@dataclass
+class Phase:
+    """One optimisation phase of a training step: its optimizer, schedule and parameters.
+
+    Most tasks have one phase; a GAN has two (discriminator "d" then generator "g").
+    """
+
+    name: str
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    params: list[nn.Parameter]
+    repeat: int = 1
+    scaler: torch.amp.GradScaler | None = None
+
+
 @torch.inference_mode()
-def evaluate(model: nn.Module, task, loader: TensorLoader, device: torch.device, precision: str) -> dict[str, float]:
+def evaluate(model: nn.Module, task, loader: TensorLoader, device: torch.device, precision: str, split: str = "val") -> dict[str, float]:
     """The task's metrics over every batch of `loader` (one host sync at the end)."""
     was_training = model.training
     model.eval()
     state = task.new_state(device)
     with autocast(device, precision):
         for x, y in loader:
-            task.update(state, model(x), y)
+            task.update(state, model, x, y)
+    metrics = task.compute(state)
     model.train(was_training)
-    return task.compute(state)
+    return task.finish_evaluation(model, metrics, split)
 
 
 def _better(value: float, best: float, mode: str, min_delta: float = 0.0) -> bool:
@@ -54,8 +74,7 @@ def _better(value: float, best: float, mode: str, min_delta: float = 0.0) -> boo
 def fit(
     model: nn.Module,
     task,
-    optimizer: torch.optim.Optimizer,
-    schedule: Schedule,
+    phases: Sequence[Phase],
     train_loader: TensorLoader,
     val_loader: TensorLoader,
     *,
@@ -68,104 +87,220 @@ def fit(
     clip_grad: float | None = None,
     needs_closure: bool = False,
     state_of: Callable[[], dict[str, torch.Tensor]] | None = None,
+    warn: Callable[[str], None] = log.warning,
+    on_epoch: Callable[[dict], None] | None = None,
+    save_checkpoint: Callable[[LoopState], Path] | None = None,
+    start: LoopState | None = None,
 ) -> FitResult:
     """Train `model` for trainer.max_epochs (or until early stopping); return what happened.
 
     `state_of` returns the weights to keep as "best" (the uncompiled module's state dict).
+    `save_checkpoint(loop_state)` writes a full checkpoint (every_n_steps, every_n_epochs, on
+    SIGINT/SIGTERM); `start` continues from a restored checkpoint exactly where it stopped.
     """
-    precision, accumulate = trainer.precision, trainer.accumulate
-    scaler = torch.amp.GradScaler(device.type) if precision == "16" else None
-    amp = autocast(device, precision)
+    accumulate = trainer.accumulate
+    amp = autocast(device, trainer.precision)
     state_of = state_of or model.state_dict
-    monitor = trainer.checkpoint.monitor
-    stop_monitor, patience = trainer.early_stop.monitor, trainer.early_stop.patience
-    best = {"epoch": 0, monitor: math.inf if task.mode(monitor) == "min" else -math.inf}
-    best_state = None
-    stop_best, bad_epochs, stopped_early = (math.inf if task.mode(stop_monitor) == "min" else -math.inf), 0, False
-    n_batches, step, history = len(train_loader), 0, []
+    monitor, stop_monitor, patience = trainer.checkpoint.monitor, trainer.early_stop.monitor, trainer.early_stop.patience
+    every_steps, every_epochs = trainer.checkpoint.every_n_steps, trainer.checkpoint.every_n_epochs
+    hook, hook_at = _test_hook()  # tests only: a signal to this process after optimizer step N
+    hook_step, kill_eval = (-1, hook_at) if hook == "eval" else (hook_at, 0)  # ... or during epoch N's validation
+    n_batches, loss_names = len(train_loader), ["train_loss"] if len(phases) == 1 else [f"train_{p.name}_loss" for p in phases]
+    nan_skip, max_skips, skips = trainer.nan == "skip", trainer.nan_max_skips, 0
 
-    def forward_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    s = start or LoopState()
+    step, history, best_state, stopped_early = s.step, list(s.history), s.best_state, False
+    best = s.best or {"epoch": 0, monitor: math.inf if task.mode(monitor) == "min" else -math.inf}
+    stop_best = s.stop_best if start else (math.inf if task.mode(stop_monitor) == "min" else -math.inf)
+    bad_epochs = s.bad_epochs
+    first_epoch = s.epoch + 1 if s.epoch_done else s.epoch
+    if start and s.epoch_done:
+        load_task_state(task, s.task)
+        if patience and bad_epochs >= patience:  # it had stopped early: nothing more to train
+            first_epoch, stopped_early = trainer.max_epochs + 1, True
+
+    def forward_loss(x: torch.Tensor, y: torch.Tensor, phase: str) -> torch.Tensor:
         with amp:
-            loss = task.loss(model(x), y)
+            loss = task.step_loss(model, x, y, phase)
             return loss + penalty() if penalty else loss
 
-    t_start = time.perf_counter()
+    def check_finite(batch: int) -> None:
+        """Per-batch losses stay on the device; they are checked here (epoch end, before a
+        checkpoint) so the per-step path has no host sync, and the first bad step is named."""
+        if nan_skip or bool(torch.isfinite(losses[:batch]).all()):
+            return
+        j = int((~torch.isfinite(losses[:batch])).any(1).nonzero()[0]) + 1  # the first bad batch
+        bad_step = epoch_step0 + (j if needs_closure else -(-j // accumulate))
+        raise UserError(
+            f"training diverged: the loss became non-finite at step {bad_step} (epoch {epoch}, batch {j}); "
+            f"no checkpoint holds non-finite weights; lower optim.lr, add reg=grad_clip, use trainer.precision=32 or trainer.nan=skip"
+        )
+
+    def checkpoint(epoch: int, batch: int, done: bool) -> Path | None:
+        if save_checkpoint is None:
+            return None
+        check_finite(batch)
+        weights = [v for v in state_of().values() if v.is_floating_point()]
+        if weights and not bool(torch.stack([torch.isfinite(v).all() for v in weights]).all()):
+            raise UserError(f"training diverged: the weights became non-finite by step {step} (epoch {epoch}); not checkpointed; lower optim.lr or add reg=grad_clip")
+        loop = LoopState(
+            epoch=epoch, batch=batch, epoch_done=done, step=step, losses=[] if done else losses[:batch].tolist(), best=best,
+            stop_best=stop_best, bad_epochs=bad_epochs, history=history, train_seconds=elapsed + time.perf_counter() - t_start,
+            task=_task_state(task), order=train_loader.order, best_state=best_state,
+        )
+        return save_checkpoint(loop)
+
+    elapsed, t_start = s.train_seconds, time.perf_counter()
     model.train()
-    for epoch in range(1, trainer.max_epochs + 1):
-        t_epoch = time.perf_counter()
-        progress.start_epoch(epoch)
-        loss_sum = torch.zeros((), device=device)
-        for i, (x, y) in enumerate(train_loader, start=1):
-            if needs_closure:  # quasi-Newton: the optimizer re-evaluates loss and gradient itself
-
-                def closure() -> torch.Tensor:
-                    optimizer.zero_grad(set_to_none=True)
-                    loss = forward_loss(x, y)
-                    loss.backward()
-                    return loss
-
-                loss = optimizer.step(closure)
-                schedule.after_step()
-                step += 1
+    with StopSignals() as stop:
+        for epoch in range(first_epoch, trainer.max_epochs + 1):
+            t_epoch = time.perf_counter()
+            progress.start_epoch(epoch)
+            task.start_epoch(epoch)
+            resumed = start is not None and not s.epoch_done and epoch == s.epoch
+            losses = torch.zeros(n_batches, len(phases), device=device)  # each batch's loss per phase
+            if resumed:  # mid-epoch: the same permutation, from the next unseen batch
+                load_task_state(task, s.task)
+                if s.batch:
+                    losses[: s.batch] = torch.tensor(s.losses, dtype=torch.float32, device=device)
+                batches = train_loader.batches(start=s.batch, order=s.order)
             else:
-                loss = forward_loss(x, y)
-                scaled = loss / accumulate if accumulate > 1 else loss
-                (scaler.scale(scaled) if scaler else scaled).backward()
-                if i % accumulate == 0 or i == n_batches:
-                    if clip_grad:
-                        if scaler:
-                            scaler.unscale_(optimizer)
-                        nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-                    if scaler:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    schedule.after_step()
+                batches = train_loader.batches()
+            epoch_step0 = step - (s.batch if needs_closure else -(-s.batch // accumulate)) if resumed else step
+            for i, (x, y) in enumerate(batches, start=s.batch + 1 if resumed else 1):
+                for k, ph in enumerate(phases):
+                    opt, scaler = ph.optimizer, ph.scaler
+                    for _ in range(ph.repeat):
+                        if needs_closure:  # quasi-Newton: the optimizer re-evaluates loss and gradient itself
+
+                            def closure() -> torch.Tensor:
+                                opt.zero_grad(set_to_none=True)
+                                loss = forward_loss(x, y, ph.name)
+                                loss.backward()
+                                return loss
+
+                            loss = opt.step(closure)
+                            ph.schedule.after_step()
+                            continue
+                        if (i - 1) % accumulate == 0:  # a new accumulation group (other phases may have left grads)
+                            opt.zero_grad(set_to_none=True)
+                        loss = forward_loss(x, y, ph.name)
+                        scaled = loss / accumulate if accumulate > 1 else loss
+                        (scaler.scale(scaled) if scaler else scaled).backward()
+                        if i % accumulate == 0 or i == n_batches:
+                            if nan_skip and not scaler and not _grads_finite(loss, ph.params):
+                                skips = _skipped(skips, max_skips, step, epoch)  # the host sync is the price of nan=skip
+                                opt.zero_grad(set_to_none=True)
+                                continue
+                            if clip_grad:
+                                if scaler:
+                                    scaler.unscale_(opt)
+                                nn.utils.clip_grad_norm_(ph.params, clip_grad)
+                            if scaler:
+                                scale = scaler.get_scale()
+                                scaler.step(opt)
+                                scaler.update()
+                                if scaler.get_scale() < scale:  # inf/nan gradients: the scaler skipped the step,
+                                    skips = _skipped(skips, max_skips, step, epoch) if nan_skip else skips
+                                    continue  # ... and the schedule does not advance
+                            else:
+                                opt.step()
+                            ph.schedule.after_step()
+                            skips = 0
+                    losses[i - 1, k] = loss.detach()
+                if needs_closure or i % accumulate == 0 or i == n_batches:
                     step += 1
-            loss_sum += loss.detach()
-            progress.step(epoch, i, lambda: (loss_sum / i).item())
+                    if every_steps and step % every_steps == 0:
+                        checkpoint(epoch, i, False)
+                    if stop.received is not None:  # Ctrl-C / SIGTERM: stop at this safe point
+                        raise TrainingInterrupted(stop.received, checkpoint(epoch, i, False))
+                    if step == hook_step:
+                        _fire(hook)
+                progress.step(epoch, i, lambda: losses[:i, -1].mean().item())
 
-        train_loss = (loss_sum / n_batches).item()
-        if not math.isfinite(train_loss):
-            raise UserError(
-                f"training diverged: train_loss={train_loss} in epoch {epoch} (step {step}); "
-                f"lower optim.lr, add reg=grad_clip, or use trainer.precision=32"
-            )
-        val = evaluate(model, task, val_loader, device, trainer.precision)
-        schedule.after_epoch(val)
-        row = {"epoch": epoch, "step": step, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}}
-        row["lr"] = optimizer.param_groups[0]["lr"]
-        row["seconds"] = time.perf_counter() - t_epoch
-        history.append(row)
-        run.append_metrics(row)
-        for logger in loggers:
-            logger.log_epoch(row)
-        progress.end_epoch(row)
-        log.info(format_row(row))
+            check_finite(n_batches)
+            train_losses = losses.mean(0).tolist()
+            for name, value in zip(loss_names, train_losses):
+                if not math.isfinite(value) and not nan_skip:
+                    raise UserError(
+                        f"training diverged: {name}={value} in epoch {epoch} (step {step}); "
+                        f"lower optim.lr, add reg=grad_clip, or use trainer.precision=32"
+                    )
+            if epoch == kill_eval:
+                _kill_during(val_loader)
+            val = evaluate(model, task, val_loader, device, trainer.precision)
+            row = {"epoch": epoch, "step": step, **dict(zip(loss_names, train_losses)), **{f"val_{k}": v for k, v in val.items()}}
+            for ph in phases:
+                ph.schedule.after_epoch(row.get(task.monitor, row.get("val_loss")))
+            row["lr"] = phases[-1].optimizer.param_groups[0]["lr"]
+            for warning in task.end_epoch(model, epoch, run.plots):
+                warn(warning)
+            row["seconds"] = time.perf_counter() - t_epoch
+            history.append(row)
+            run.append_metrics(row)
+            for logger in loggers:
+                logger.log_epoch(row)
+            progress.end_epoch(row)
+            log.info(format_row(row))
+            if on_epoch is not None:  # e.g. a sweep's pruning: may raise to stop this run
+                on_epoch(row)
 
-        if _better(row[monitor], best[monitor], task.mode(monitor)):
-            best = {"epoch": epoch, **{k: v for k, v in row.items() if k.startswith("val_")}}
-            best_state = {k: v.detach().clone() for k, v in state_of().items()}
-        if trainer.checkpoint.every_n_epochs and epoch % trainer.checkpoint.every_n_epochs == 0:
-            run.save_weights("last", state_of(), {"epoch": epoch, "step": step})
-        if patience:
-            if _better(row[stop_monitor], stop_best, task.mode(stop_monitor), trainer.early_stop.min_delta):
-                stop_best, bad_epochs = row[stop_monitor], 0
-            else:
-                bad_epochs += 1
-                if bad_epochs >= patience:
-                    stopped_early = True
-                    log.info("early stopping: %s did not improve for %d epochs", stop_monitor, patience)
-                    break
+            if _better(row[monitor], best[monitor], task.mode(monitor)):
+                best = {"epoch": epoch, **{k: v for k, v in row.items() if k.startswith("val_")}}
+                best_state = {k: v.detach().clone() for k, v in state_of().items()}
+            if patience:
+                if _better(row[stop_monitor], stop_best, task.mode(stop_monitor), trainer.early_stop.min_delta):
+                    stop_best, bad_epochs = row[stop_monitor], 0
+                else:
+                    bad_epochs += 1
+                    stopped_early = bad_epochs >= patience
+            saved = checkpoint(epoch, n_batches, True) if (every_epochs and epoch % every_epochs == 0) or stopped_early else None
+            if stop.received is not None:
+                raise TrainingInterrupted(stop.received, saved or checkpoint(epoch, n_batches, True))
+            if stopped_early:
+                log.info("early stopping: %s did not improve for %d epochs", stop_monitor, patience)
+                break
 
     return FitResult(
         epochs=len(history),
         steps=step,
-        train_seconds=time.perf_counter() - t_start,
+        train_seconds=elapsed + time.perf_counter() - t_start,
         stopped_early=stopped_early,
         best=best,
         best_state=best_state,
         history=history,
     )
+
+
+def _skipped(skips: int, max_skips: int, step: int, epoch: int) -> int:
+    """Count one more consecutive skipped update; too many is divergence."""
+    if skips + 1 > max_skips:
+        raise UserError(f"training diverged: {skips + 1} consecutive non-finite steps up to step {step + 1} (epoch {epoch}); trainer.nan_max_skips={max_skips}")
+    return skips + 1
+
+
+def _grads_finite(loss: torch.Tensor, params: Sequence[nn.Parameter]) -> bool:
+    """Is this update finite (loss and every gradient)? One host sync."""
+    checks = [torch.isfinite(loss.detach()).all()]
+    checks += [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+    return bool(torch.stack(checks).all())
+
+
+def _test_hook() -> tuple[str, int]:
+    """Tests: DLTRAIN_TEST_KILL=WHAT:N, WHAT one of step (SIGKILL after step N), sigint, sigterm,
+    sigint2 (two SIGINTs), eval (SIGKILL during epoch N's validation), save (engine/checkpoint.py)."""
+    what, _, n = os.environ.get("DLTRAIN_TEST_KILL", "").partition(":")
+    return (what, int(n)) if what in ("step", "sigint", "sigterm", "sigint2", "eval") else ("", -1)
+
+
+def _fire(hook: str) -> None:
+    if hook == "step":
+        os.kill(os.getpid(), signal.SIGKILL)
+    for _ in range(2 if hook == "sigint2" else 1):
+        os.kill(os.getpid(), signal.SIGTERM if hook == "sigterm" else signal.SIGINT)
+
+
+def _kill_during(val_loader: TensorLoader) -> None:
+    """Tests: SIGKILL after the first validation batch has been computed."""
+    next(iter(val_loader))
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -3,7 +3,8 @@
     config.yaml      the resolved config of the run
     metrics.csv      one row per epoch: epoch, step, train_loss, val_<metric>..., lr, seconds
     summary.json     task, test and best metrics, epochs, timings, device, seed, versions, weights_sha256
-    checkpoints/     last.safetensors and best.safetensors (model weights, safetensors only)
+    checkpoints/     last.safetensors and best.safetensors (model weights, safetensors only) and
+                     step-NNNNNNNN/ full training-state checkpoints (see engine/checkpoint.py)
     plots/           loss.png and one PNG per validation metric
     train.log        the run's log (written by Hydra's job logging)
 """
@@ -81,6 +82,22 @@ class RunDir:
             if new:
                 writer.writeheader()
             writer.writerow({k: _fmt(v) for k, v in row.items()})
+
+    def restart_metrics(self, rows: list[Mapping[str, Any]]) -> None:
+        """Rewrite metrics.csv as `rows` (a resume: rows written after its checkpoint are dropped)."""
+        import io
+
+        self._columns = None
+        if not rows:
+            self.metrics.unlink(missing_ok=True)
+            return
+        self._columns = list(rows[0])
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self._columns, extrasaction="ignore", lineterminator="\r\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _fmt(v) for k, v in row.items()})
+        atomic_write(self.metrics, buf.getvalue().encode())
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         atomic_write(self.summary, (json.dumps(summary, indent=2) + "\n").encode())
