@@ -27,9 +27,10 @@ test: setup  ## the whole test suite, slow end-to-end tests included (what CI ru
 test-fast: setup  ## the fast tests only
 	$(BIN)/python -m pytest -m "not slow" tests
 
-bench: setup  ## engine-overhead and CLI-startup benchmarks
+bench: setup  ## engine-overhead, CLI-startup and parallel-sweep benchmarks
 	$(BIN)/python benchmarks/engine_overhead.py
 	$(BIN)/python benchmarks/cli_startup.py
+	$(BIN)/python benchmarks/sweep_parallel.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

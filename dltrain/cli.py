@@ -16,8 +16,18 @@ INSPECT_FLAGS = ("--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--
 
 # verb -> one-line help; each verb's handler is `_verb_<name>(argv) -> exit code` below.
 VERBS = {
-    "train": "train a model (the default verb): dltrain [train] [overrides...]",
+    "train": "train a model (the default verb): dltrain [train] [overrides...]; continue a stopped run: dltrain resume=RUN_DIR [resume.force=true]",
     "ls": "list registered components: dltrain ls [GROUP] [PATTERN]",
+    "sweep": "re-create a sweep's sweep.csv, best.yaml, sweep.png and table: dltrain sweep summarize DIR [objective=val_accuracy] [direction=maximize]",
+    "recipes": "pinned experiments: dltrain recipes | recipes show NAME | recipes cp NAME PATH; run one: dltrain recipe=NAME",
+    "verify": "run recipes and check their expected metrics (exit 1 on a miss): dltrain verify NAME...|all [overrides...]",
+    "eval": "metrics and plots of a run on a split: dltrain eval RUN_DIR [ckpt=best|last] [split=test|val]",
+    "predict": "predict new data: dltrain predict RUN_DIR input=FILE.csv|.npz|IMAGE|FOLDER [output=FILE]",
+    "export": "export and check the model: dltrain export RUN_DIR format=onnx|torchscript",
+    "compress": "prune and/or quantize: dltrain compress RUN_DIR prune=0.5 [prune.kind=structured] [quantize=int8] [finetune_epochs=N]",
+    "explain": "attribution heatmaps: dltrain explain RUN_DIR method=integrated_gradients|saliency|occlusion [n=16]",
+    "robust": "accuracy under attack: dltrain robust RUN_DIR attack=fgsm|pgd|noise [eps=[0,0.05,0.1,0.2]]",
+    "sample": "new images from a VAE or GAN run: dltrain sample RUN_DIR [n=64] [seed=0] [label=K]",
     "help": "show this help",
 }
 
@@ -99,15 +109,57 @@ def train_command(argv: list[str]) -> int:
 
     multirun = "-m" in argv or "--multirun" in argv
     inspect_only = any(a.split("=")[0] in INSPECT_FLAGS for a in argv)
-    if not inspect_only:
-        overrides = _overrides(argv)
-        try:
-            from dltrain.compose import check_command_line
+    try:
+        from dltrain.recipe import rewrite_file_overrides, sweeps_by_itself
 
+        argv = rewrite_file_overrides(argv)  # recipe=PATH.yaml (a copied recipe) -> recipe=NAME
+        argv = resume_argv(argv)  # resume=RUN_DIR -> the run's own overrides, back into RUN_DIR
+        if not inspect_only:
+            from dltrain.compose import check_command_line
+            from dltrain.sweep import resume_dir
+
+            overrides = _overrides(argv)
+            multirun = multirun or sweeps_by_itself(overrides)
             check_command_line(overrides, multirun)
-        except UserError as e:
-            return fail(str(e))
+            if multirun:
+                argv = argv + resume_dir(overrides)  # sweep.resume=true: back into the earlier sweep's dir
+    except UserError as e:
+        return fail(str(e))
     return _run_hydra(argv)
+
+
+def resume_argv(argv: list[str]) -> list[str]:
+    """`resume=RUN_DIR [resume.force=true] [KEY=VALUE ...]`: the run's recorded overrides
+    (.hydra/overrides.yaml), then these, with trainer.resume and hydra.run.dir set to RUN_DIR.
+    RUN_DIR may also be one of its checkpoints (RUN_DIR/checkpoints/step-N)."""
+    from pathlib import Path
+
+    import yaml
+
+    from dltrain.errors import UserError
+
+    target = next((a.partition("=")[2] for a in argv if a.startswith("resume=")), None)
+    if target is None:
+        if any(a.startswith("resume.") for a in argv):
+            raise UserError("resume.force needs resume=RUN_DIR")
+        return argv
+    force = next((a.partition("=")[2] for a in argv if a.startswith("resume.force=")), "false")
+    rest = [a for a in argv if not a.startswith(("resume=", "resume.force="))]
+    path = Path(target)
+    run_dir = path.parent.parent if path.name.startswith("step-") else path
+    if not run_dir.is_dir():
+        raise UserError(f"resume: run directory {target!r} does not exist")
+    recorded = run_dir / ".hydra" / "overrides.yaml"
+    if not recorded.is_file():
+        raise UserError(f"resume: {run_dir} has no .hydra/overrides.yaml (not started by the dltrain command); use its overrides with trainer.resume={target}")
+    mine = {a.split("=")[0].lstrip("+~") for a in _overrides(rest)}
+    skip = ("trainer.resume", "trainer.resume_force", "hydra.")
+    original = [o for o in yaml.safe_load(recorded.read_text()) or [] if not o.lstrip("+~").startswith(skip) and o.split("=")[0].lstrip("+~") not in mine]
+
+    def quoted(p: str) -> str:
+        return "'" + p.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    return [*original, *rest, f"trainer.resume={quoted(target)}", f"trainer.resume_force={force}", f"hydra.run.dir={quoted(str(run_dir))}", "hydra.output_subdir=null"]  # keep .hydra/ as the run recorded it
 
 
 def _overrides(argv: list[str]) -> list[str]:
@@ -127,6 +179,11 @@ def _run_hydra(argv: list[str]) -> int:
     import hydra
 
     from dltrain.compose import config_dir
+    from dltrain.recipe import register_recipes
+    from dltrain.search import register_sweeper
+
+    register_recipes()  # the `recipe` group lives in recipes/, outside the config dir
+    register_sweeper()
 
     @hydra.main(config_path=str(config_dir()), config_name="config", version_base=None)
     def hydra_entry(cfg) -> float | None:
@@ -144,24 +201,28 @@ def _train_job(cfg) -> float | None:
     from omegaconf import OmegaConf
     from rich.console import Console
 
+    from dltrain.engine.checkpoint import TrainingInterrupted
     from dltrain.errors import UserError
     from dltrain.train import train
 
     hc = HydraConfig.get()
     console = Console(stderr=True)
+    if hc.mode == RunMode.MULTIRUN:  # a failing job is recorded in its job.json and the sweep goes on
+        from dltrain.sweep import run_job
+
+        return run_job(cfg, hc, console)
     try:
         summary = train(cfg, hc.runtime.output_dir, console, config_yaml=OmegaConf.to_yaml(cfg, resolve=True))
+    except TrainingInterrupted as e:  # SIGINT/SIGTERM: checkpoint saved; exit 130/143
+        console.print(f"{e}; continue with: dltrain resume={hc.runtime.output_dir}", highlight=False)
+        sys.exit(e.code)
     except UserError as e:
-        if hc.mode == RunMode.MULTIRUN:  # the sweep goes on; the failure is in the job's log
-            import logging
-
-            logging.getLogger("dltrain").error(str(e))
-            console.print(f"[red]job {hc.job.num} failed:[/] {e}", highlight=False)
-            return None
         _discard_if_unused(hc.runtime.output_dir)
         sys.exit(fail(str(e)))
     print_summary(console, summary, hc.runtime.output_dir)
-    return summary["best"].get("val_loss")
+    from dltrain.config import validate
+
+    return summary["best"].get(validate(cfg).sweep.objective)  # what a sweep would optimise
 
 
 def _discard_if_unused(run_dir: str) -> None:
@@ -214,9 +275,17 @@ def verb_options(argv: Sequence[str], cls: type, verb: str, positional: Sequence
         if not sep:
             raise UserError(f"dltrain {verb}: expected KEY=VALUE, got {arg!r}")
         try:
-            values[key] = yaml.safe_load(raw) if raw else raw
+            value = yaml.safe_load(raw) if raw else raw
         except yaml.YAMLError:
-            values[key] = raw
+            value = raw
+        # a dotted key (prune.kind=structured) fills a nested dataclass field
+        *parents, leaf = key.split(".")
+        node = values
+        for i, part in enumerate(parents):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"dltrain {verb}: {key} conflicts with {'.'.join(parents[: i + 1])}={node!r}")
+        node[leaf] = value
     return parse_dataclass(cls, values, "")
 
 
@@ -259,3 +328,105 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _verb_ls(argv: list[str]) -> int:
     return list_components(argv)
+
+
+# Analysis verbs read a finished run directory and write under its analysis/<verb>/ folder.
+
+
+def _verb_eval(argv: list[str]) -> int:
+    from dltrain.analysis.evaluate import EvalOptions, run_eval
+
+    return run_eval(verb_options(argv, EvalOptions, "eval", positional=("run_dir",)))
+
+
+def _verb_predict(argv: list[str]) -> int:
+    from dltrain.analysis.predict import PredictOptions, run_predict
+
+    return run_predict(verb_options(argv, PredictOptions, "predict", positional=("run_dir",)))
+
+
+def _verb_export(argv: list[str]) -> int:
+    from dltrain.analysis.export import ExportOptions, run_export
+
+    return run_export(verb_options(argv, ExportOptions, "export", positional=("run_dir",)))
+
+
+def _verb_compress(argv: list[str]) -> int:
+    from dltrain.analysis.compress import CompressOptions, run_compress, shorthand
+
+    return run_compress(verb_options(shorthand(argv), CompressOptions, "compress", positional=("run_dir",)))
+
+
+def _verb_explain(argv: list[str]) -> int:
+    from dltrain.analysis.explain import ExplainOptions, run_explain
+
+    return run_explain(verb_options(argv, ExplainOptions, "explain", positional=("run_dir",)))
+
+
+def _verb_robust(argv: list[str]) -> int:
+    from dltrain.analysis.robust import RobustOptions, run_robust
+
+    return run_robust(verb_options(argv, RobustOptions, "robust", positional=("run_dir",)))
+
+
+def _verb_sample(argv: list[str]) -> int:
+    from dltrain.analysis.sample import SampleOptions, run_sample
+
+    return run_sample(verb_options(argv, SampleOptions, "sample", positional=("run_dir",)))
+
+
+def _verb_sweep(argv: list[str]) -> int:
+    from dataclasses import dataclass
+
+    from rich.console import Console
+
+    from dltrain.errors import UserError, unknown_choice
+    from dltrain.sweep import summarize
+
+    @dataclass
+    class SummarizeOptions:
+        dir: str
+        objective: str | None = None  # default: the sweep's own (sweep.objective)
+        direction: str | None = None  # minimize or maximize; default: the sweep's own
+
+    if not argv or argv[0] != "summarize":
+        if argv and "=" not in argv[0]:
+            raise unknown_choice("sweep ACTION", argv[0], ["summarize"])
+        raise UserError("usage: dltrain sweep summarize DIR [objective=METRIC] [direction=minimize|maximize]")
+    opts = verb_options(argv[1:], SummarizeOptions, "sweep summarize", positional=("dir",))
+    if opts.direction not in (None, "minimize", "maximize"):
+        raise unknown_choice("direction", opts.direction, ["maximize", "minimize"])
+    summarize(opts.dir, opts.objective, opts.direction, Console(stderr=True))
+    return 0
+
+
+def _verb_recipes(argv: list[str]) -> int:
+    from rich.console import Console
+
+    from dltrain import recipe
+    from dltrain.errors import UserError, unknown_choice
+
+    action, args = (argv[0], argv[1:]) if argv else ("list", [])
+    usage = {"list": 0, "show": 1, "cp": 2}
+    if action not in usage:
+        raise unknown_choice("recipes ACTION", action, usage)
+    if len(args) != usage[action]:
+        raise UserError(f"usage: dltrain recipes [show NAME | cp NAME PATH]; `recipes {action}` takes {usage[action]} argument(s)")
+    if action == "list":
+        recipe.list_recipes(Console())
+    elif action == "show":
+        sys.stdout.write(recipe.show(args[0]))
+    else:
+        target = recipe.copy(*args)
+        print(f"copied recipe {args[0]} to {target}; run it with: dltrain recipe={target}")
+    return 0
+
+
+def _verb_verify(argv: list[str]) -> int:
+    from rich.console import Console
+
+    from dltrain.recipe import verify
+
+    targets = [a for a in argv if "=" not in a]
+    overrides = [a for a in argv if "=" in a]
+    return verify(targets, overrides, Console(stderr=True))

@@ -27,12 +27,15 @@ def config_dir() -> Path:
 
 def groups() -> dict[str, list[str]]:
     """Config groups and their choices, read from the folder (no imports: used by --help)."""
+    from dltrain.recipe import recipe_choices
+
     root = config_dir()
-    return {
+    found = {
         d.name: sorted(f.stem for f in d.glob("*.yaml"))
         for d in sorted(root.iterdir())
         if d.is_dir() and d.name != "hydra" and any(d.glob("*.yaml"))
     }
+    return {**found, "recipe": recipe_choices()} if recipe_choices() else found
 
 
 def compose(overrides: Iterable[str] = ()) -> Any:
@@ -41,6 +44,11 @@ def compose(overrides: Iterable[str] = ()) -> Any:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from dltrain.recipe import register_recipes
+    from dltrain.search import register_sweeper
+
+    register_recipes()
+    register_sweeper()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
         return hydra_compose(config_name="config", overrides=list(overrides))
@@ -113,17 +121,11 @@ def check_command_line(overrides: list[str], multirun: bool) -> None:
     if not multirun:
         validate(compose_checked(own))
         return
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from dltrain.sweep import jobs_to_check
 
-    sweeps = [o for o in parsed if o.is_sweep_override()]
-    total = 1
-    for o in sweeps:
-        total *= len(list(o.sweep_string_iterator()))
-    if total <= MAX_CHECKED_COMBINATIONS:
-        jobs = BasicSweeper.split_arguments(parsed, None)[0]
-    else:  # too many combinations: check each swept value with the others at their first value
-        first = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else o.input_line for o in parsed]
-        jobs = [first[:i] + [f"{o.get_key_element()}={v}"] + first[i + 1 :] for i, o in enumerate(parsed) if o.is_sweep_override() for v in o.sweep_string_iterator()]
+    # a grid: every combination (too many: each swept value with the others at their first value);
+    # an Optuna search: every choice and both ends of every range of its search space
+    jobs = jobs_to_check(overrides, parsed, MAX_CHECKED_COMBINATIONS)
     for job in jobs:
         try:
             validate(compose_checked(job))

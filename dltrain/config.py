@@ -22,14 +22,16 @@ Precision = Literal["32", "bf16", "16"]
 @dataclass
 class EarlyStopConfig:
     patience: NonNegativeInt = 0  # epochs without improvement before stopping; 0 turns it off
-    monitor: str = "val_loss"
+    monitor: str = "auto"  # auto: the task's (val_loss; val_frechet for a GAN)
     min_delta: NonNegative = 0.0
 
 
 @dataclass
 class CheckpointConfig:
-    monitor: str = "val_loss"  # which validation metric picks the best checkpoint
-    every_n_epochs: NonNegativeInt = 0  # also write `last` every N epochs; 0: only at the end
+    monitor: str = "auto"  # which validation metric picks the best checkpoint; auto: the task's
+    every_n_epochs: NonNegativeInt = 0  # a full training-state checkpoint every N epochs; 0: none
+    every_n_steps: NonNegativeInt = 0  # also one every N optimizer steps (mid-epoch); 0: none
+    keep_last: NonNegativeInt = 2  # full checkpoints kept (the newest); 0: keep all
 
 
 @dataclass
@@ -49,6 +51,19 @@ class TrainerConfig:
     test_ckpt: Literal["best", "last"] = "best"
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: str | None = None  # auto: the newest valid checkpoint of this config; or a run dir / checkpoint dir
+    resume_force: bool = False  # resume even if the config changed (`dltrain resume=DIR resume.force=true`)
+    nan: Literal["stop", "skip"] = "stop"  # a non-finite loss: stop naming the step, or skip the update
+    nan_max_skips: PositiveInt = 10  # nan=skip: stop after this many consecutive skipped steps
+
+
+@dataclass
+class SweepConfig:
+    """What a sweep optimises (the value each job returns) and whether a rerun skips finished jobs."""
+
+    objective: str = "auto"  # a validation metric, e.g. val_loss or val_accuracy; auto: the task's monitor
+    direction: Literal["auto", "minimize", "maximize"] = "auto"  # auto: from the metric (accuracy, r2: maximize)
+    resume: bool = False  # rerunning the same sweep command skips jobs that already finished
 
 
 @dataclass
@@ -67,10 +82,15 @@ class RunSpec:
     logger: dict[str, Any]
     trainer: TrainerConfig
     batch_size: int
+    optim_d: dict[str, Any] | None = None  # a GAN's discriminator
+    sched_d: dict[str, Any] | None = None
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    expected: dict[str, dict[str, float]] = field(default_factory=dict)  # a recipe's metric bounds
 
 
 COMPONENT_SECTIONS = ("model", "data", "loss", "optim", "sched", "init", "logger")
-TOP_LEVEL = (*COMPONENT_SECTIONS, "reg", "trainer", "seed", "task")
+OPTIONAL_SECTIONS = ("optim_d", "sched_d")  # present only for models with a second optimizer
+TOP_LEVEL = (*COMPONENT_SECTIONS, *OPTIONAL_SECTIONS, "reg", "trainer", "seed", "task", "sweep", "expected")
 
 
 def _component(registry, node: Any, key: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -104,8 +124,9 @@ def validate(cfg: Mapping[str, Any]) -> RunSpec:
         if k not in TOP_LEVEL:
             raise unknown_key(str(k), TOP_LEVEL, "the config")
 
-    registries = dict(model=MODELS, data=DATASETS, loss=LOSSES, optim=OPTIMIZERS, sched=SCHEDULES, init=INITS, logger=LOGGERS)
+    registries = dict(model=MODELS, data=DATASETS, loss=LOSSES, optim=OPTIMIZERS, sched=SCHEDULES, init=INITS, logger=LOGGERS, optim_d=OPTIMIZERS, sched_d=SCHEDULES)
     parts = {s: _component(registries[s], cfg.get(s), s, LOADER_KEYS if s == "data" else ()) for s in COMPONENT_SECTIONS}
+    parts.update({s: _component(registries[s], cfg[s], s) for s in OPTIONAL_SECTIONS if cfg.get(s) is not None})
     batch_size = check_value("data.batch_size", (cfg.get("data") or {}).get("batch_size", 64), PositiveInt)
 
     reg_node = cfg.get("reg") or {}
@@ -123,15 +144,35 @@ def validate(cfg: Mapping[str, Any]) -> RunSpec:
     seed = check_value("seed", cfg.get("seed", 0), NonNegativeInt)
 
     data_entry = DATASETS.get(parts["data"]["name"])
-    task = cfg.get("task") or data_entry.meta["task"]
-    TASKS.get(str(task), "task")
-    _check_compatible(parts, reg, trainer, task, data_entry, MODELS, LOSSES, OPTIMIZERS, REGULARIZERS)
-    return RunSpec(seed=seed, task=task, reg=reg, trainer=trainer, batch_size=batch_size, **parts)
+    model_entry = MODELS.get(parts["model"]["name"])
+    task = cfg.get("task") or model_entry.meta.get("task") or data_entry.meta["task"]
+    task_cls = TASKS.get(str(task), "task").fn
+    if model_entry.meta.get("task") and task != model_entry.meta["task"]:
+        raise ConfigError("task", task, f"model={model_entry.name} trains as task {model_entry.meta['task']}; allowed: {model_entry.meta['task']} or null")
+    if "d" in task_cls.phases:
+        parts.setdefault("optim_d", dict(parts["optim"]))
+        parts.setdefault("sched_d", dict(parts["sched"]))
+    else:
+        for section in OPTIONAL_SECTIONS:
+            if section in parts:
+                raise UserError(f"{section}={parts[section]['name']} is for a model with a discriminator (model=gan); model={model_entry.name} has one optimizer: use {section[:-2]}=")
+    for section in (trainer.checkpoint, trainer.early_stop):
+        if section.monitor == "auto":
+            section.monitor = task_cls.monitor
+    _check_compatible(parts, reg, trainer, task, task_cls, data_entry, MODELS, LOSSES, OPTIMIZERS, REGULARIZERS)
+    from dltrain.recipe import check_expected  # sweeps and recipes own these two sections
+    from dltrain.sweep import check_sweep
+
+    sweep = check_sweep(parse_dataclass(SweepConfig, cfg.get("sweep"), "sweep"), task_cls)
+    expected = check_expected(cfg.get("expected"), task_cls)
+    return RunSpec(seed=seed, task=task, reg=reg, trainer=trainer, batch_size=batch_size, sweep=sweep, expected=expected, **parts)
 
 
-def _check_compatible(parts, reg, trainer, task, data_entry, MODELS, LOSSES, OPTIMIZERS, REGULARIZERS) -> None:
+def _check_compatible(parts, reg, trainer, task, task_cls, data_entry, MODELS, LOSSES, OPTIMIZERS, REGULARIZERS) -> None:
     """Cross-section rules that no single section can check on its own."""
     model = MODELS.get(parts["model"]["name"])
+    if parts["model"].get("conditional") and data_entry.meta["task"] != "classification":
+        raise ConfigError("model.conditional", True, f"data={data_entry.name} has no class labels to condition on; allowed: false")
     kind = data_entry.meta["kind"]
     if kind not in model.meta["inputs"]:
         fits = [e.name for e in MODELS if kind in e.meta["inputs"]]
@@ -141,6 +182,7 @@ def _check_compatible(parts, reg, trainer, task, data_entry, MODELS, LOSSES, OPT
         )
     if task == "classification" and data_entry.meta["task"] != "classification":
         raise UserError(f"task=classification needs labelled data, but data={data_entry.name} has real-valued targets; use task=regression")
+
     loss = LOSSES.get(parts["loss"]["name"])
     if task not in loss.meta["tasks"]:
         fits = [e.name for e in LOSSES if task in e.meta["tasks"]]
@@ -151,14 +193,17 @@ def _check_compatible(parts, reg, trainer, task, data_entry, MODELS, LOSSES, OPT
             missing = [k for k in overrides if k not in entry.params()]
             if missing:
                 raise UserError(f"reg={name} sets {section}.{missing[0]}, which {section}={entry.name} does not have")
+    if task in ("vae", "autoencoder") and parts["loss"].get("label_smoothing"):
+        raise ConfigError("loss.label_smoothing", parts["loss"]["label_smoothing"], f"task {task} reconstructs pixels; allowed: 0")
     optim = OPTIMIZERS.get(parts["optim"]["name"])
+    if optim.meta.get("closure") and len(task_cls.phases) > 1:
+        raise ConfigError("optim", optim.name, f"task {task} alternates {len(task_cls.phases)} optimizers; choose one without a closure: " + ", ".join(e.name for e in OPTIMIZERS if not e.meta.get("closure")))
     if optim.meta.get("closure"):
         if trainer.accumulate > 1:
             raise ConfigError("trainer.accumulate", trainer.accumulate, f"optim={optim.name} re-evaluates the loss itself; allowed: 1")
         if trainer.precision == "16":
             raise ConfigError("trainer.precision", trainer.precision, f"optim={optim.name} cannot use a gradient scaler; allowed: 32, bf16")
-    monitors = {"classification": ("loss", "accuracy")}.get(task, ("loss", "rmse", "mae", "r2"))
-    allowed = [f"val_{m}" for m in monitors]
+    allowed = [f"val_{m}" for m in task_cls.metrics]
     for key, value in (("trainer.early_stop.monitor", trainer.early_stop.monitor), ("trainer.checkpoint.monitor", trainer.checkpoint.monitor)):
         if value not in allowed:
             raise unknown_choice(key, value, allowed)

@@ -31,7 +31,11 @@ REGISTRIES: dict[str, Registry] = {
     "init": INITS,
     "logger": LOGGERS,
     "reg": REGULARIZERS,
+    "optim_d": OPTIMIZERS,  # a GAN's discriminator: the optim choices again
+    "sched_d": SCHEDULES,
 }
+# Groups that set several sections at once (tested further in test_sweep.py and test_recipes.py).
+EXPERIMENT_GROUPS = ("hparams_search", "launcher", "recipe")
 DATA_FOR_TASK = {"classification": "digits", "regression": "diabetes", "forecasting": "sine"}
 TRAINER_HINTS = typing.get_type_hints(TrainerConfig, include_extras=True)
 CHOICES = [(g, c) for g, cs in groups().items() for c in cs]
@@ -50,12 +54,21 @@ def first_data_for(kind: str) -> str:
     return next(e.name for e in DATASETS if e.meta["kind"] == kind and "root" not in e.params())
 
 
+def is_preset(group: str, choice: str) -> bool:
+    """A file that presets a registered entry under another name (e.g. optim=dcgan is adam)."""
+    return group in REGISTRIES and group != "reg" and choice not in REGISTRIES[group]
+
+
 def companions(group: str, choice: str) -> list[str]:
     """Overrides that make `choice` meaningful: a dataset the model reads, a model the data fits, ..."""
     if group == "model":
         return [f"data={first_data_for(MODELS.get(choice).meta['inputs'][0])}"]
+    if group in ("optim_d", "sched_d"):
+        return ["model=gan"]
     if group == "loss":
-        return [f"data={DATA_FOR_TASK[LOSSES.get(choice).meta['tasks'][0]]}"]
+        task = LOSSES.get(choice).meta["tasks"][0]
+        model = next((e.name for e in MODELS if e.meta.get("task") == task), None)
+        return [f"model={model}"] if model else [f"data={DATA_FOR_TASK[task]}"]
     if group == "data":
         kind = DATASETS.get(choice).meta["kind"]
         return [f"model={next(e.name for e in MODELS if kind in e.meta['inputs'])}"]
@@ -74,7 +87,7 @@ def companions(group: str, choice: str) -> list[str]:
 
 
 def test_every_group_is_a_registry_or_the_trainer() -> None:
-    assert set(groups()) == {*REGISTRIES, "trainer"}
+    assert set(groups()) == {*REGISTRIES, "trainer", *EXPERIMENT_GROUPS}
 
 
 @pytest.mark.parametrize("group", sorted(REGISTRIES))
@@ -84,12 +97,18 @@ def test_every_entry_has_a_file_and_every_file_an_entry(group: str) -> None:
     if group == "reg":
         assert read_choice("reg", "none") == {}
         files.discard("none")
-    assert files == entries
+    presets = {f for f in files if is_preset(group, f)}
+    assert all(read_choice(group, p)["name"] in entries for p in presets)
+    assert files - presets == entries
 
 
 @pytest.mark.parametrize(("group", "choice"), [(g, c) for g, c in CHOICES if g in REGISTRIES and not (g == "reg" and c == "none")])
 def test_config_file_equals_registry_defaults(group: str, choice: str) -> None:
     node = read_choice(group, choice)
+    if is_preset(group, choice):  # every key a valid parameter, and at least one differing from the entry's default
+        entry = REGISTRIES[group].get(node.pop("name"))
+        assert REGISTRIES[group].check(entry.name, node, group) != entry.defaults()
+        return
     if group == "reg":  # {name: {params}}
         assert list(node) == [choice]
         params = node[choice] or {}
@@ -118,11 +137,11 @@ def test_every_choice_composes_and_validates(compose, group: str, choice: str) -
         for key, value in read_choice("trainer", choice).items():
             if not isinstance(value, dict):
                 assert getattr(spec.trainer, key) == check_value(key, value, TRAINER_HINTS[key])
-    else:
+    elif group not in EXPERIMENT_GROUPS and not is_preset(group, choice):
         section = getattr(spec, group)
         assert section["name"] == choice
         assert {k: v for k, v in section.items() if k != "name"} == REGISTRIES[group].get(choice).defaults()
-    assert spec.task == DATASETS.get(spec.data["name"]).meta["task"]
+    assert spec.task == MODELS.get(spec.model["name"]).meta.get("task", DATASETS.get(spec.data["name"]).meta["task"])
     assert spec.task in LOSSES.get(spec.loss["name"]).meta["tasks"]
 
 
@@ -146,7 +165,7 @@ def check(compose, *overrides: str):
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["model=cnnn"], ["model='cnnn'", "choose from: cnn,", "did you mean 'cnn'?"]),
+        (["model=cnnn"], ["model='cnnn'", "choose from: autoencoder, cnn,", "did you mean 'cnn'?"]),
         (["model=mlp", "model.hiden=3"], ["model.hiden:", "model 'mlp' has no key 'hiden'", "did you mean 'hidden'?"]),
         (["optim=adam", "optim.lr=-1"], ["optim.lr=-1", "a number > 0"]),
         (["optim=adam", "optim.lr=abc"], ["optim.lr='abc'", "a number"]),
@@ -204,7 +223,7 @@ def test_dotted_paths_are_never_built(compose, section: str) -> None:
 def test_target_keys_refused_in_plain_dicts(compose) -> None:
     cfg = OmegaConf.to_container(compose("model=mlp"))
     cfg["model"] = {"_target_": "torch.nn.Linear", "in_features": 2, "out_features": 2}
-    with pytest.raises(UserError, match="choose one with model=NAME from: cnn"):
+    with pytest.raises(UserError, match="choose one with model=NAME from: autoencoder, cnn"):
         validate(cfg)
     cfg["model"] = {"name": "mlp", "_target_": "torch.nn.Linear"}
     with pytest.raises(UserError, match="model._target_: model 'mlp' has no key '_target_'"):

@@ -253,8 +253,8 @@ def test_parse_trainer_config_nested_and_converted() -> None:
     cfg = parse_dataclass(TrainerConfig, {"precision": 16, "clip_grad": 1, "early_stop": {"patience": 3}}, "trainer")
     assert cfg.precision == "16"
     assert cfg.clip_grad == 1.0 and type(cfg.clip_grad) is float
-    assert cfg.early_stop == EarlyStopConfig(patience=3, monitor="val_loss", min_delta=0.0)
-    assert cfg.checkpoint.monitor == "val_loss"  # an absent nested section keeps its defaults
+    assert cfg.early_stop == EarlyStopConfig(patience=3, monitor="auto", min_delta=0.0)
+    assert cfg.checkpoint.monitor == "auto"  # an absent nested section keeps its defaults
 
 
 def test_parse_trainer_config_unknown_nested_key() -> None:

@@ -1,0 +1,575 @@
+"""Sweeps: run each job safely, and summarise a sweep directory honestly.
+
+    <sweep dir>/multirun.yaml   the sweep's config (Hydra)
+    <sweep dir>/N/              job N's run directory, plus job.json: status, reason, objective, seconds
+    <sweep dir>/sweep.csv       one row per job: status, swept values, objective, metrics, seconds, run dir
+    <sweep dir>/best.yaml       the winning job: its overrides, objective and test metrics
+    <sweep dir>/sweep.png       the objective against each swept parameter
+
+A job that fails (a bad combination, a diverged loss, an exception) is recorded as failed with a
+one-line reason and the sweep goes on. `summarize` re-creates the three files from the job
+directories alone, so `dltrain sweep summarize DIR` works for any sweep, finished or not.
+This module is imported by Hydra's callback config on every run: keep its top light.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+
+from dltrain.errors import UserError, unknown_choice
+
+log = logging.getLogger("dltrain")
+
+JOB_FILE = "job.json"
+STATUS_ORDER = {"completed": 0, "pruned": 1, "failed": 2, "interrupted": 3, "running": 4, "incomplete": 5}
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+# ---- config ----------------------------------------------------------------------------------
+
+
+def check_sweep(sweep, task_cls):
+    """Resolve `sweep.objective`/`direction` "auto" for the task and check the objective is one of its metrics."""
+    allowed = [f"val_{m}" for m in task_cls.metrics]
+    if sweep.objective == "auto":
+        sweep.objective = task_cls.monitor
+    if sweep.objective not in allowed:
+        raise unknown_choice("sweep.objective", sweep.objective, allowed)
+    if sweep.direction == "auto":
+        sweep.direction = "maximize" if sweep.objective.removeprefix("val_") in task_cls.higher_is_better else "minimize"
+    return sweep
+
+
+# ---- before a sweep: the jobs to validate ------------------------------------------------------
+
+
+def jobs_to_check(overrides: Sequence[str], parsed: Sequence, max_combinations: int) -> list[list[str]]:
+    """Every job a sweep command line describes, for validation before the first one runs.
+
+    A grid sweep: every combination (or, beyond `max_combinations`, every value of each swept
+    key with the others at their first value). An Optuna search: every categorical choice and
+    both ends of every range, from the preset's space and the command line.
+    """
+    from dltrain.search import is_search, probe_jobs, search_space
+
+    sweeper = _sweeper_config(overrides, parsed)
+    if is_search(sweeper):
+        own = [o.input_line for o in parsed]
+        fixed, space = search_space(sweeper.get("params"), own)
+        if not space:
+            raise UserError("an Optuna search needs a search space: hydra.sweeper.params in the preset, or KEY=choice(...)/interval(...) on the command line")
+        return probe_jobs(fixed, space)
+
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    for o in parsed:
+        if o.is_sweep_override() and not o.is_discrete_sweep():
+            raise UserError(f"{o.input_line}: a grid sweep takes lists of values (a,b,c or range(...)); interval(...) needs a search: add hparams_search=NAME")
+    sweeps = [o for o in parsed if o.is_sweep_override()]
+    total = math.prod(len(list(o.sweep_string_iterator())) for o in sweeps)
+    if total <= max_combinations:
+        return BasicSweeper.split_arguments(list(parsed), None)[0]
+    first = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else o.input_line for o in parsed]
+    return [first[:i] + [f"{o.get_key_element()}={v}"] + first[i + 1 :] for i, o in enumerate(parsed) if o.is_sweep_override() for v in o.sweep_string_iterator()]
+
+
+def _sweeper_config(overrides: Sequence[str], parsed: Sequence) -> dict:
+    """The `hydra.sweeper` node the command line selects (composed without its sweeps)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from dltrain.compose import _parse, config_dir
+    from dltrain.recipe import register_recipes
+    from dltrain.search import register_sweeper
+
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    hydra_lines = _parse([o for o in overrides if o.lstrip("+~").startswith(("hydra.", "hydra/"))])
+    for o in hydra_lines:
+        if o.is_sweep_override():
+            raise UserError(f"{o.input_line}: Hydra's own settings cannot be swept; a search space goes on the command line as KEY=interval(...) or KEY=choice(...)")
+    fixed += [o.input_line for o in hydra_lines]
+    register_recipes()
+    register_sweeper()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+            cfg = compose(config_name="config", overrides=fixed, return_hydra_config=True)
+            return OmegaConf.to_container(cfg.hydra.sweeper, resolve=False)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise UserError(f"cannot compose the config: {str(e).splitlines()[0]}") from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def resume_dir(overrides: Sequence[str]) -> list[str]:
+    """With sweep.resume=true and no hydra.sweep.dir: `hydra.sweep.dir=` of the latest sweep that ran
+    the same command line, so its finished jobs are skipped (an empty list when there is none)."""
+    import sys
+
+    import yaml
+
+    resume = [o.partition("=")[2] for o in overrides if o.lstrip("+").startswith("sweep.resume=")]
+    if not resume or yaml.safe_load(resume[-1]) is not True or any(o.startswith("hydra.sweep.dir=") for o in overrides):
+        return []
+    previous = find_previous_sweep(overrides)
+    if previous is None:
+        sys.stderr.write("dltrain: sweep.resume: no earlier sweep under multirun/ ran this command; starting a new one\n")
+        return []
+    sys.stderr.write(f"dltrain: sweep.resume: continuing the sweep in {previous}\n")
+    return [f"hydra.sweep.dir={previous}"]
+
+
+def find_previous_sweep(overrides: Sequence[str], root: Path = Path("multirun")) -> Path | None:
+    """The latest sweep dir under `root` that ran the same command line (ignoring sweep.resume)."""
+    import yaml
+
+    want = sorted(_without_resume(o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))))
+    for path in sorted(root.glob("*/*/multirun.yaml"), reverse=True):
+        try:
+            task = yaml.safe_load(path.read_text())["hydra"]["overrides"]["task"]
+        except (OSError, KeyError, TypeError, yaml.YAMLError):
+            continue
+        if sorted(_without_resume(task)) == want:
+            return path.parent
+    return None
+
+
+def _without_resume(overrides) -> list[str]:
+    return [o for o in overrides if not o.lstrip("+").startswith("sweep.resume=")]
+
+
+# ---- one job of a sweep ------------------------------------------------------------------------
+
+
+def run_job(cfg, hc, console) -> float | None:
+    """One job of a multirun: train, write job.json, return the objective (None if it failed).
+
+    Never raises for a failing job (the sweep goes on), except to tell Optuna a trial was pruned.
+    """
+    from omegaconf import OmegaConf
+
+    from dltrain.config import validate
+    from dltrain.search import epoch_reporter, job_trial
+
+    run_dir = Path(hc.runtime.output_dir)
+    overrides = _without_resume(list(hc.overrides.task))
+    record: dict[str, Any] = {"job": hc.job.num, "status": "running", "overrides": overrides}
+    resume = bool(OmegaConf.select(cfg, "sweep.resume", default=False))
+    earlier = read_job(run_dir)
+    if resume and earlier and earlier.get("status") == "completed" and earlier.get("overrides") == overrides:
+        console.print(f"job {hc.job.num}: already finished ({earlier.get('objective_name')}={earlier.get('objective')}); skipped", highlight=False)
+        log.info("sweep.resume: job %s already finished; skipped", hc.job.num)
+        return earlier.get("objective")
+
+    _limit_threads(hc)
+    start = time.perf_counter()
+    write_job(run_dir, record)
+    pruned = None
+    try:
+        spec = validate(cfg)
+        record.update(objective_name=spec.sweep.objective, direction=spec.sweep.direction)
+        trial = job_trial(hc)
+        on_epoch = epoch_reporter(trial, spec.sweep.objective) if trial is not None else None
+        summary = _train(cfg, run_dir, console, on_epoch)
+        value = summary["best"].get(spec.sweep.objective)
+        if value is None or not math.isfinite(value):
+            raise UserError(f"objective {spec.sweep.objective}={value} is not a finite number")
+        record.update(status="completed", objective=value)
+        from dltrain.cli import print_summary
+
+        print_summary(console, summary, str(run_dir))
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001  (recorded: the sweep goes on)
+        if type(e).__name__ == "TrainingInterrupted":  # SIGINT/SIGTERM: stop the whole sweep
+            record.update(status="interrupted", reason=str(e), seconds=round(time.perf_counter() - start, 3))
+            write_job(run_dir, record)
+            console.print(f"job {hc.job.num}: {e}; rerun the sweep command with sweep.resume=true to continue it", highlight=False)
+            raise SystemExit(getattr(e, "code", 130)) from None
+        if type(e).__name__ == "TrialPruned":
+            pruned = e
+            record.update(status="pruned", reason=str(e))
+        else:
+            record.update(status="failed", reason=one_line(e))
+            if not isinstance(e, UserError):
+                log.exception("job %s failed", hc.job.num)
+        log.error("job %s %s: %s", hc.job.num, record["status"], record["reason"])
+        console.print(f"[red]job {hc.job.num} {record['status']}:[/] {record['reason']}", highlight=False)
+    record["seconds"] = round(time.perf_counter() - start, 3)
+    write_job(run_dir, record)
+    if pruned is not None:
+        raise pruned
+    return record.get("objective")
+
+
+def _train(cfg, run_dir: Path, console, on_epoch):
+    from omegaconf import OmegaConf
+
+    from dltrain.train import train
+
+    return train(cfg, run_dir, console, config_yaml=OmegaConf.to_yaml(cfg, resolve=True), on_epoch=on_epoch)
+
+
+def one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    message = text[0] if text else ""
+    return message if isinstance(e, UserError) else f"{type(e).__name__}: {message}".rstrip(": ")
+
+
+def _limit_threads(hc) -> None:
+    """Give each job its share of the cores when a launcher runs several at once."""
+    from omegaconf import OmegaConf
+
+    n_jobs = OmegaConf.select(hc, "launcher.n_jobs", default=None)
+    per_task = OmegaConf.select(hc, "launcher.cpus_per_task", default=None)
+    cpus = available_cpus()
+    if per_task:
+        threads = int(per_task)
+    elif n_jobs:
+        parallel = cpus + 1 + n_jobs if n_jobs < 0 else n_jobs
+        threads = max(1, cpus // max(1, parallel))
+    else:
+        return
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    log.info("torch threads: %d (%d cores, launcher n_jobs=%s, cpus_per_task=%s)", max(1, threads), cpus, n_jobs, per_task)
+
+
+def read_job(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((Path(run_dir) / JOB_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_job(run_dir: Path, record: Mapping[str, Any]) -> None:
+    from dltrain.engine.rundir import atomic_write
+
+    atomic_write(Path(run_dir) / JOB_FILE, (json.dumps(record, indent=2) + "\n").encode())
+
+
+# ---- after a sweep: sweep.csv, best.yaml, sweep.png --------------------------------------------
+
+
+@dataclass
+class JobResult:
+    job: str
+    status: str
+    overrides: list[str]
+    run_dir: Path
+    objective: float | None = None
+    reason: str = ""
+    seconds: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # best-epoch val_* and test_*
+    objective_name: str | None = None
+    direction: str | None = None
+
+    @property
+    def params(self) -> dict[str, str]:
+        return dict(o.lstrip("+~").split("=", 1) for o in self.overrides if "=" in o)
+
+
+@dataclass
+class SweepResult:
+    path: Path
+    objective: str
+    direction: str
+    jobs: list[JobResult]
+    swept: list[str]
+
+    @property
+    def best(self) -> JobResult | None:
+        done = [j for j in self.jobs if j.status == "completed" and j.objective is not None]
+        return done[0] if done else None
+
+
+def collect(sweep_dir: Path, objective: str | None = None, direction: str | None = None) -> SweepResult:
+    """Read every job directory of a sweep (sorted: best first, then pruned, failed, unfinished)."""
+    import yaml
+
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise UserError(f"sweep directory {str(sweep_dir)!r} does not exist")
+    job_dirs = [p for p in sweep_dir.iterdir() if p.is_dir() and ((p / ".hydra").is_dir() or (p / JOB_FILE).is_file() or (p / "summary.json").is_file())]
+    if not job_dirs:
+        raise UserError(f"{sweep_dir} is not a sweep directory: no job directories (N/.hydra, N/summary.json) in it")
+    jobs, tasks = [], set()
+    for p in sorted(job_dirs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name)):
+        record = read_job(p) or {}
+        overrides = record.get("overrides")
+        if overrides is None:
+            try:
+                overrides = _without_resume(yaml.safe_load((p / ".hydra" / "overrides.yaml").read_text()) or [])
+            except (OSError, yaml.YAMLError):
+                overrides = []
+        summary = _read_json(p / "summary.json")
+        if summary and summary.get("task"):
+            tasks.add(summary["task"])
+        status = record.get("status") or ("completed" if summary else "incomplete")
+        if status == "running" and not record.get("seconds"):
+            status = "incomplete"  # job.json of a job that never finished writing (killed, or still running)
+        job = JobResult(p.name, status, list(overrides), p, reason=record.get("reason", ""), seconds=record.get("seconds"))
+        job.objective_name, job.direction = record.get("objective_name"), record.get("direction")
+        if summary:
+            job.metrics = {k: v for k, v in (summary.get("best") or {}).items() if k != "epoch"}
+            job.metrics.update({f"test_{k}": v for k, v in (summary.get("test") or {}).items()})
+            if job.seconds is None:
+                job.seconds = round(summary.get("train_seconds", 0) + summary.get("test_seconds", 0), 3)
+        jobs.append(job)
+
+    configured = next((j.objective_name for j in jobs if j.objective_name), None) or _configured(sweep_dir, "objective")
+    objective = objective or configured or "val_loss"
+    if direction is None and objective == configured:
+        direction = next((j.direction for j in jobs if j.direction and j.objective_name == objective), None) or _configured(sweep_dir, "direction")
+    if direction not in ("minimize", "maximize"):
+        direction = _natural_direction(objective, tasks)
+    known = {k for j in jobs for k in j.metrics}
+    if known and objective not in known:
+        raise unknown_choice("objective", objective, sorted(k for k in known if k.startswith("val_")))
+    for j in jobs:
+        if j.status == "completed":
+            j.objective = j.metrics.get(objective)
+            if j.objective is None or not math.isfinite(j.objective):
+                j.status, j.reason, j.objective = "failed", j.reason or f"{objective} is not a finite number", None
+    sign = -1.0 if direction == "maximize" else 1.0
+    # ties (common for accuracy on a small validation set) go to the lower validation loss
+    jobs.sort(key=lambda j: (STATUS_ORDER.get(j.status, 9), sign * j.objective if j.objective is not None else 0.0, j.metrics.get("val_loss", 0.0)))
+    return SweepResult(sweep_dir, objective, direction, jobs, _swept(jobs))
+
+
+def _natural_direction(objective: str, tasks: set[str]) -> str:
+    """maximize for metrics where higher is better (accuracy, r2, ...) in the sweep's task, else minimize."""
+    better = {"accuracy", "r2"}
+    try:
+        from dltrain.tasks import TASKS
+
+        for task in tasks:
+            better |= set(TASKS.get(task).fn.higher_is_better)
+    except Exception:  # noqa: BLE001  (an unknown task in an old sweep: keep the defaults)
+        pass
+    return "maximize" if objective.removeprefix("val_").removeprefix("test_") in better else "minimize"
+
+
+def _configured(sweep_dir: Path, key: str) -> str | None:
+    import yaml
+
+    try:
+        value = yaml.safe_load((sweep_dir / "multirun.yaml").read_text()).get("sweep", {}).get(key)
+    except (OSError, AttributeError, yaml.YAMLError):
+        return None
+    return None if value in (None, "auto") else str(value)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _swept(jobs: Sequence[JobResult]) -> list[str]:
+    """The override keys whose values differ between jobs (all of them for a one-job sweep)."""
+    keys: dict[str, set[str]] = {}
+    for j in jobs:
+        for k, v in j.params.items():
+            keys.setdefault(k, set()).add(v)
+    varying = [k for k, values in keys.items() if len(values) > 1 or any(k not in j.params for j in jobs)]
+    return varying if varying or len(jobs) > 1 else list(keys)
+
+
+def summarize(sweep_dir: str | Path, objective: str | None = None, direction: str | None = None, console=None) -> SweepResult:
+    """Write sweep.csv, best.yaml and sweep.png for a sweep directory and print its table."""
+    result = collect(Path(sweep_dir), objective, direction)
+    write_csv(result)
+    write_best(result)
+    plot_sweep(result)
+    if console is not None:
+        print_table(console, result)
+    return result
+
+
+def _metric_columns(result: SweepResult) -> list[str]:
+    names = {k for j in result.jobs for k in j.metrics}
+    val = sorted(k for k in names if k.startswith("val_") and k != result.objective)
+    test = sorted(k for k in names if k.startswith("test_"))
+    return [result.objective, *val, *test]
+
+
+def write_csv(result: SweepResult) -> Path:
+    from dltrain.engine.rundir import atomic_write
+
+    metrics = _metric_columns(result)
+    columns = ["job", "status", *result.swept, *metrics, "seconds", "run_dir", "overrides", "reason"]
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for j in result.jobs:
+        row = {"job": j.job, "status": j.status, **{k: j.params.get(k, "") for k in result.swept}}
+        row.update({m: _fmt(j.metrics.get(m)) for m in metrics})
+        row.update(seconds=_fmt(j.seconds), run_dir=str(j.run_dir), overrides=" ".join(j.overrides), reason=j.reason)
+        writer.writerow(row)
+    path = result.path / "sweep.csv"
+    atomic_write(path, buffer.getvalue().encode())
+    return path
+
+
+def _fmt(v: Any) -> Any:
+    return "" if v is None else (f"{v:.6g}" if isinstance(v, float) else v)
+
+
+def write_best(result: SweepResult) -> Path | None:
+    import yaml
+
+    from dltrain.engine.rundir import atomic_write
+
+    path = result.path / "best.yaml"
+    best = result.best
+    if best is None:
+        path.unlink(missing_ok=True)
+        return None
+    counts = {s: sum(j.status == s for j in result.jobs) for s in STATUS_ORDER if any(j.status == s for j in result.jobs)}
+    data = {
+        "objective": result.objective,
+        "direction": result.direction,
+        "value": best.objective,
+        "job": int(best.job) if best.job.isdigit() else best.job,
+        "run_dir": str(best.run_dir),
+        "overrides": best.overrides,
+        "command": " ".join(["dltrain", *best.overrides]),
+        "metrics": {k: v for k, v in best.metrics.items()},
+        "jobs": counts,
+    }
+    header = f"# The best job of sweep {result.path} by {result.objective} ({result.direction}); `dltrain sweep summarize DIR` rewrites it.\n"
+    atomic_write(path, (header + yaml.safe_dump(data, sort_keys=False)).encode())
+    return path
+
+
+def plot_sweep(result: SweepResult) -> Path | None:
+    """sweep.png: the objective of every finished job against each swept parameter."""
+    done = [j for j in result.jobs if j.status == "completed" and j.objective is not None]
+    path = result.path / "sweep.png"
+    if not done or not result.swept:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(result.swept)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), dpi=100, squeeze=False)
+    best = result.best
+    for ax, key in zip(axes.flat, result.swept):
+        values = [j.params.get(key, "") for j in done]
+        numbers = [_number(v) for v in values]
+        ys = [j.objective for j in done]
+        if all(x is not None for x in numbers):
+            ax.scatter(numbers, ys, s=22, alpha=0.8)
+            if min(numbers) > 0 and max(numbers) / min(numbers) >= 100:
+                ax.set_xscale("log")
+            if best is not None:
+                ax.scatter([_number(best.params.get(key, ""))], [best.objective], marker="*", s=160, c="red", zorder=3, label="best")
+        else:
+            labels = sorted(set(values))
+            ax.scatter([labels.index(v) for v in values], ys, s=22, alpha=0.8)
+            ax.set_xticks(range(len(labels)), labels, rotation=30 if max(len(s) for s in labels) > 6 else 0)
+            if best is not None:
+                ax.scatter([labels.index(best.params.get(key, ""))], [best.objective], marker="*", s=160, c="red", zorder=3, label="best")
+        ax.set_xlabel(key)
+        ax.set_ylabel(result.objective)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(f"{result.path.name}: {result.objective} ({result.direction}), {len(done)} finished jobs", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _short(value: str) -> str:
+    number = _number(value)
+    return f"{number:.4g}" if number is not None and "." in value else value
+
+
+def _number(value: str) -> float | None:
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def print_table(console, result: SweepResult, limit: int = 40) -> None:
+    from rich.table import Table
+
+    metrics = _metric_columns(result)[:4]
+    table = Table(title=f"sweep {result.path}: {len(result.jobs)} jobs by {result.objective} ({result.direction})")
+    table.add_column("job", justify="right")
+    table.add_column("status")
+    for k in result.swept:
+        table.add_column(k)
+    for m in metrics:
+        table.add_column(m, justify="right", style="bold" if m == result.objective else None)
+    table.add_column("seconds", justify="right")
+    styles = {"completed": "green", "pruned": "yellow", "failed": "red"}
+    for j in result.jobs[:limit]:
+        status = f"[{styles.get(j.status, 'dim')}]{j.status}[/]"
+        cells = [f"{j.metrics[m]:.4f}" if m in j.metrics else "" for m in metrics]
+        table.add_row(j.job, status, *(_short(j.params.get(k, "")) for k in result.swept), *cells, "" if j.seconds is None else f"{j.seconds:.1f}")
+    console.print(table)
+    if len(result.jobs) > limit:
+        console.print(f"... {len(result.jobs) - limit} more rows in sweep.csv", highlight=False)
+    for j in result.jobs:
+        if j.status in ("failed", "pruned") and j.reason:
+            console.print(f"job {j.job} {j.status}: {j.reason}", highlight=False)
+    best = result.best
+    if best is None:
+        console.print("[red]no job finished[/]")
+    else:
+        console.print(f"best: job {best.job}, {result.objective}={best.objective:.4f}: dltrain {' '.join(best.overrides)}", highlight=False)
+    console.print(f"sweep.csv, best.yaml, sweep.png: [bold]{result.path}[/]", highlight=False)
+
+
+class SweepSummary(Callback):
+    """Hydra callback (configs/config.yaml hydra.callbacks): summarise every multirun when it ends."""
+
+    def on_multirun_end(self, config, **kwargs: Any) -> None:
+        from omegaconf import OmegaConf
+        from rich.console import Console
+
+        objective = OmegaConf.select(config, "sweep.objective", default=None)
+        direction = OmegaConf.select(config, "sweep.direction", default=None)
+        try:
+            summarize(
+                str(config.hydra.sweep.dir),
+                None if objective in (None, "auto") else objective,
+                None if direction in (None, "auto") else direction,
+                Console(stderr=True),
+            )
+        except UserError as e:
+            log.error("sweep summary: %s", e)
+            Console(stderr=True).print(f"[red]sweep summary:[/] {e}", highlight=False)
