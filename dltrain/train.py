@@ -19,7 +19,7 @@ from dltrain.config import RunSpec, validate
 from dltrain.errors import ConfigError, UserError
 from dltrain.data import DATASETS, DataBundle, Split
 from dltrain.engine.device import check_precision, configure_backends, describe, seed_everything, select_device
-from dltrain.engine.checkpoint import BackgroundWriter, CheckpointError, LoopState, TrainingInterrupted, commit, encode, link_or_copy, prune, restore
+from dltrain.engine.checkpoint import CheckpointWriter, CheckpointError, LoopState, TrainingInterrupted, commit, encode, link_or_copy, prune, restore
 from dltrain.engine.loader import TensorLoader
 from dltrain.engine.loggers import LOGGERS
 from dltrain.engine.loop import Phase, evaluate, fit
@@ -118,7 +118,7 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
         run.restart_metrics(start.history)
         log.info("resuming from %s: epoch %d, batch %d, step %d", resume[0], start.epoch, start.batch, start.step)
 
-    writer = BackgroundWriter()
+    writer = CheckpointWriter()
 
     def save_checkpoint(loop: LoopState) -> Path:
         """Snapshot the state now (bytes); write, fsync and commit it in the background."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_cli import assert_user_error, dltrain
+from tests.test_cli import dltrain
 
 
 @pytest.fixture

@@ -146,34 +146,16 @@ def prune(root: Path, keep_last: int) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-class BackgroundWriter:
-    """Runs one checkpoint write at a time in a thread, so training goes on during file I/O and
-    fsync. The state is snapshotted (encoded to bytes) before it is handed over; an error in the
-    thread is raised by the next `submit` or `wait`."""
-
-    def __init__(self) -> None:
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+class CheckpointWriter:
+    """Writes checkpoints one at a time, in the training thread: when training goes on past a
+    checkpoint, that checkpoint is committed (a kill a moment later still finds it). The state is
+    encoded to bytes before the write."""
 
     def submit(self, write) -> None:
-        self.wait()
-
-        def run() -> None:
-            try:
-                write()
-            except BaseException as e:  # reported to the training thread
-                self._error = e
-
-        self._thread = threading.Thread(target=run, name="dltrain-checkpoint", daemon=False)
-        self._thread.start()
+        write()
 
     def wait(self, quiet: bool = False) -> None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        error, self._error = self._error, None
-        if error is not None and not quiet:
-            raise error
+        """Nothing is pending: writes finish inside `submit`."""
 
 
 # ---- reading ---------------------------------------------------------------------------------
