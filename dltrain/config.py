@@ -32,6 +32,7 @@ class CheckpointConfig:
     every_n_epochs: NonNegativeInt = 0  # a full training-state checkpoint every N epochs; 0: none
     every_n_steps: NonNegativeInt = 0  # also one every N optimizer steps (mid-epoch); 0: none
     keep_last: NonNegativeInt = 2  # full checkpoints kept (the newest); 0: keep all
+    writer: Literal["process", "thread", "sync"] = "process"  # who writes them while training goes on (engine/writer.py)
 
 
 @dataclass

@@ -19,13 +19,14 @@ from dltrain.config import RunSpec, validate
 from dltrain.errors import ConfigError, UserError
 from dltrain.data import DATASETS, DataBundle, Split
 from dltrain.engine.device import check_precision, configure_backends, describe, seed_everything, select_device
-from dltrain.engine.checkpoint import CheckpointWriter, CheckpointError, LoopState, TrainingInterrupted, commit, encode, link_or_copy, prune, restore
+from dltrain.engine.checkpoint import LoopState, TrainingInterrupted, config_hash, restore, snapshot
 from dltrain.engine.loader import TensorLoader
 from dltrain.engine.loggers import LOGGERS
 from dltrain.engine.loop import Phase, evaluate, fit
 from dltrain.engine.plots import plot_history
 from dltrain.engine.progress import ProgressDisplay
 from dltrain.engine.rundir import RunDir, load_weights, weights_sha256
+from dltrain.engine.writer import make_writer
 from dltrain.losses import LOSSES
 from dltrain.models import MODELS
 from dltrain.models.layers import INITS, count_parameters
@@ -118,25 +119,17 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
         run.restart_metrics(start.history)
         log.info("resuming from %s: epoch %d, batch %d, step %d", resume[0], start.epoch, start.batch, start.step)
 
-    writer = CheckpointWriter()
+    planned = trainer.checkpoint.every_n_steps or trainer.checkpoint.every_n_epochs
+    state_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values()) if planned else 0
+    writer = make_writer(trainer.checkpoint.writer, run.checkpoints, config_text, trainer.checkpoint.keep_last, state_bytes)
+    config_sha256 = config_hash(plain)
 
     def save_checkpoint(loop: LoopState) -> Path:
-        """Snapshot the state now (bytes); write, fsync and commit it in the background."""
-        files = encode(loop, model.state_dict(), phases, generator, plain, config_text)
+        """Copy the state now; the writer serializes, fsyncs and commits it while training goes on."""
         name = f"step-{loop.step:08d}"
-
-        def write() -> None:
-            path = commit(run.checkpoints, name, files)
-            try:  # the model-weights files other verbs read: hard links to this checkpoint's files
-                link_or_copy(path / "model.safetensors", run.checkpoints / "last.safetensors")
-                if "best.safetensors" in files:
-                    link_or_copy(path / "best.safetensors", run.checkpoints / "best.safetensors")
-            except OSError as e:
-                raise CheckpointError(f"cannot update {run.checkpoints}/last.safetensors: {e.strerror or e} (checkpoint {path} is complete)") from None
-            prune(run.checkpoints, trainer.checkpoint.keep_last)
-
-        writer.submit(write)  # waits for the previous write first (and raises its error)
+        writer.submit(name, snapshot(loop, model.state_dict(), phases, generator, config_sha256))
         return run.checkpoints / name
+
     loggers = [LOGGERS.build(spec.logger, key="logger", run_dir=run.path)]
     log.info("model=%s (%d parameters) data=%s task=%s device=%s", spec.model["name"], count_parameters(model), data.name, spec.task, describe(device))
     if data.note:
@@ -154,15 +147,15 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
                 on_epoch=on_epoch, save_checkpoint=save_checkpoint, start=start,
             )
     except (TrainingInterrupted, UserError):
-        writer.wait()  # the interrupt's checkpoint must be committed (or its error reported) before exiting
+        writer.close()  # the interrupt's checkpoint must be committed (or its error reported) before exiting
         raise
     except BaseException:
-        writer.wait(quiet=True)
+        writer.close(quiet=True)
         raise
     finally:
         for logger in loggers:
             logger.close()
-    writer.wait()
+    writer.close()
 
     last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     run.save_weights("last", last_state, {"epoch": result.epochs, "step": result.steps})

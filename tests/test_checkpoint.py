@@ -88,6 +88,53 @@ def test_resume_from_every_kind_of_checkpoint_is_bit_exact(run_train, tmp_path, 
         assert [r["val_loss" if model != "gan" else "val_frechet"] for r in rows(run)] == [r["val_loss" if model != "gan" else "val_frechet"] for r in rows(tmp_path / "full")]
 
 
+@pytest.mark.parametrize("writer", ["thread", "sync"])
+def test_every_writer_writes_checkpoints_that_resume_exactly(run_train, tmp_path, writer):
+    """trainer.checkpoint.writer=thread|sync give the same run and the same resume as the
+    default forked writer process."""
+    reference = run_train(tmp_path / "process", *MODELS["mlp"], *TINY)
+    full = run_train(tmp_path / "full", *MODELS["mlp"], *TINY, f"trainer.checkpoint.writer={writer}")
+    assert full["weights_sha256"] == reference["weights_sha256"] and steps(tmp_path / "full") == steps(tmp_path / "process")
+    run = crash_after(tmp_path / "full", tmp_path / "r", 9)
+    resumed = run_train(run, *MODELS["mlp"], *TINY, f"trainer.resume={run}")  # written by `writer`, read back the same way
+    assert resumed["weights_sha256"] == full["weights_sha256"]
+
+
+def test_a_writer_process_that_died_is_a_clear_error(tmp_path):
+    from dltrain.engine.writer import ProcessWriter
+
+    writer = ProcessWriter(tmp_path, "a: 1\n", 2, capacity=1 << 20)
+    os.kill(writer._pid, signal.SIGKILL)
+    snap = {"model": {"w": torch.ones(3)}, "best": None, "meta": {"epoch": 1, "step": 1, "best_epoch": 0}, "blob": {}, "state_json": b"{}"}
+    writer.submit("step-00000001", snap)
+    with pytest.raises(ck.CheckpointError, match=r"writer process died .* previous checkpoints are intact"):
+        writer.wait()
+    writer.close(quiet=True)
+
+
+def test_the_writer_process_writes_what_was_staged_and_exits_with_its_trainer(tmp_path):
+    """Tensors of every dtype and shape (zero-size included) come back bit-exact; the staging
+    buffer is reused, and grows (a new writer process) when the state outgrows it."""
+    from safetensors.torch import load_file
+
+    from dltrain.engine.writer import ProcessWriter
+
+    writer = ProcessWriter(tmp_path, "a: 1\n", 0, capacity=1 << 20)
+    first = writer._pid
+    for step, n in [(1, 10), (2, 10), (3, 1 << 19)]:  # the third does not fit 1 MiB
+        weights = {"w": torch.randn(n), "i": torch.arange(5, dtype=torch.int64), "h": torch.randn(2, 3).half(), "e": torch.empty(0, 4)}
+        writer.submit(f"step-{step:08d}", {"model": weights, "best": None, "meta": {"epoch": 1, "step": step, "best_epoch": 0}, "blob": {"x": torch.tensor([step])}, "state_json": b"{}"})
+        writer.wait()
+        back = load_file(tmp_path / f"step-{step:08d}" / "model.safetensors")
+        assert all(torch.equal(back[k], v) for k, v in weights.items())
+        assert torch.load(tmp_path / f"step-{step:08d}" / "state.pt", weights_only=True)["x"].item() == step
+    assert writer._pid != first  # restarted with a bigger buffer
+    pid = writer._pid
+    writer.close()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reaped: no process left behind
+
+
 @pytest.mark.parametrize("broken", ["rng", pytest.param("data_order", marks=pytest.mark.slow)])
 def test_negative_control_resume_without_rng_or_data_order_differs(run_train, tmp_path, monkeypatch, broken):
     """The bit-equality above is not vacuous: switch off one restore and the weights differ."""
@@ -128,6 +175,19 @@ def test_compiled_model_names_have_no_orig_mod_prefix():
     state = {f"_orig_mod.{k}": v for k, v in model.state_dict().items()}
     files = ck.encode(ck.LoopState(), state, [Phase("main", opt, Schedule(None, "step"), list(model.parameters()))], None, {}, "")
     assert set(load(files["model.safetensors"])) == {"weight", "bias"}
+
+
+@pytest.mark.slow
+def test_a_compiled_run_checkpoints_plain_names_and_resumes_exactly(run_train, tmp_path):
+    """trainer.compile=true end to end: checkpoints hold the uncompiled names, and a resumed
+    (recompiled) run ends where the uninterrupted one does."""
+    from safetensors.torch import load_file
+
+    full = run_train(tmp_path / "full", *MODELS["mlp"], *TINY, "trainer.compile=true")
+    names = set(load_file(tmp_path / "full" / "checkpoints" / "step-00000009" / "model.safetensors"))
+    assert names and not any("_orig_mod" in n for n in names)
+    run = crash_after(tmp_path / "full", tmp_path / "r", 9)
+    assert run_train(run, *MODELS["mlp"], *TINY, "trainer.compile=true", f"trainer.resume={run}")["weights_sha256"] == full["weights_sha256"]
 
 
 # ---- kills and signals (subprocesses, the real CLI) ------------------------------------------------

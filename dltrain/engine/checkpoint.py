@@ -44,7 +44,7 @@ NAME = re.compile(r"step-(\d{8})")
 MANIFEST = "MANIFEST.json"
 # Keys that may change between a run and its resume without a config-diff error: they do not
 # change what is computed (display, checkpoint cadence, where it runs, the resume switch itself).
-RESUME_SAFE_KEYS = ("trainer.progress", "trainer.resume", "trainer.resume_force", "trainer.checkpoint.every_n_steps", "trainer.checkpoint.every_n_epochs", "trainer.checkpoint.keep_last", "logger")
+RESUME_SAFE_KEYS = ("trainer.progress", "trainer.resume", "trainer.resume_force", "trainer.checkpoint.every_n_steps", "trainer.checkpoint.every_n_epochs", "trainer.checkpoint.keep_last", "trainer.checkpoint.writer", "logger")
 
 
 class CheckpointError(UserError):
@@ -81,12 +81,18 @@ def _write(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+_TRAINER_PID = os.getpid()  # a forked checkpoint writer (engine/writer.py) keeps its trainer's pid here
+
+
 def _kill_hook(point: str) -> None:
-    """Tests: DLTRAIN_TEST_KILL=save:N SIGKILLs this process in the middle of the N-th checkpoint write."""
+    """Tests: DLTRAIN_TEST_KILL=save:N SIGKILLs the training process (and a writer process) in the
+    middle of the N-th checkpoint write."""
     spec = os.environ.get("DLTRAIN_TEST_KILL", "")
     if spec.startswith("save:"):
         _kill_hook.count = getattr(_kill_hook, "count", 0) + 1  # type: ignore[attr-defined]
         if _kill_hook.count == int(spec[5:]):  # type: ignore[attr-defined]
+            if os.getpid() != _TRAINER_PID:
+                os.kill(_TRAINER_PID, signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -144,18 +150,6 @@ def prune(root: Path, keep_last: int) -> None:
     if keep_last:
         for p in checkpoints(root)[keep_last:]:
             shutil.rmtree(p, ignore_errors=True)
-
-
-class CheckpointWriter:
-    """Writes checkpoints one at a time, in the training thread: when training goes on past a
-    checkpoint, that checkpoint is committed (a kill a moment later still finds it). The state is
-    encoded to bytes before the write."""
-
-    def submit(self, write) -> None:
-        write()
-
-    def wait(self, quiet: bool = False) -> None:
-        """Nothing is pending: writes finish inside `submit`."""
 
 
 # ---- reading ---------------------------------------------------------------------------------
@@ -301,30 +295,21 @@ def set_rng_state(rng: Mapping[str, Any], python_rng: Sequence, generator: torch
     random.setstate((version, tuple(internal), gauss))
 
 
-def encode(loop: LoopState, model_state: Mapping[str, torch.Tensor], phases, generator, config: Mapping[str, Any], config_yaml: str) -> dict[str, bytes]:
-    """The files of one checkpoint (MANIFEST excepted), in write order."""
-    import io
+def copy_tensors(node: Any) -> Any:
+    """`node` with every tensor copied to CPU memory (containers rebuilt, other leaves shared)."""
+    if isinstance(node, torch.Tensor):
+        return node.detach().to("cpu", copy=True)
+    if isinstance(node, Mapping):
+        return {k: copy_tensors(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return type(node)(copy_tensors(v) for v in node)
+    return node
 
-    from safetensors.torch import save
 
-    def weights(state: Mapping[str, torch.Tensor], meta: dict) -> bytes:
-        tensors = {k.replace("_orig_mod.", ""): v.detach().cpu().contiguous() for k, v in state.items()}
-        return save(tensors, metadata={"format": str(CHECKPOINT_FORMAT), **{k: str(v) for k, v in meta.items()}})
-
-    blob = {
-        "phases": {
-            ph.name: {
-                "optimizer": ph.optimizer.state_dict(),
-                "scheduler": ph.schedule.scheduler.state_dict() if ph.schedule.scheduler is not None else None,
-                "scaler": ph.scaler.state_dict() if ph.scaler is not None else None,
-            }
-            for ph in phases
-        },
-        "rng": rng_state(generator),
-        "order": loop.order,
-    }
-    buf = io.BytesIO()
-    torch.save(blob, buf)
+def snapshot(loop: LoopState, model_state: Mapping[str, torch.Tensor], phases, generator, config_sha256: str) -> dict[str, Any]:
+    """Everything a checkpoint holds, taken at a safe point in the training thread. Small state is
+    encoded to JSON here; tensors are the live ones (model weights, optimizer moments): a writer
+    that lets training go on first copies them (`copy_tensors`, or into its staging buffer)."""
     state = {
         "format": CHECKPOINT_FORMAT,
         "epoch": loop.epoch,
@@ -339,15 +324,54 @@ def encode(loop: LoopState, model_state: Mapping[str, torch.Tensor], phases, gen
         "train_seconds": loop.train_seconds,
         "task": loop.task,
         "python_rng": list(random.getstate()),
-        "config_sha256": config_hash(config),
+        "config_sha256": config_sha256,
     }
-    files = {"model.safetensors": weights(model_state, {"epoch": loop.epoch, "step": loop.step})}
-    if loop.best_state is not None:
-        files["best.safetensors"] = weights(loop.best_state, {"epoch": loop.best.get("epoch", 0)})
+    blob = {
+        "phases": {
+            ph.name: {
+                "optimizer": ph.optimizer.state_dict(),
+                "scheduler": ph.schedule.scheduler.state_dict() if ph.schedule.scheduler is not None else None,
+                "scaler": ph.scaler.state_dict() if ph.scaler is not None else None,
+            }
+            for ph in phases
+        },
+        "rng": rng_state(generator),
+        "order": loop.order,
+    }
+    return {
+        "model": dict(model_state),
+        "best": loop.best_state,
+        "meta": {"epoch": loop.epoch, "step": loop.step, "best_epoch": loop.best.get("epoch", 0)},
+        "blob": blob,
+        "state_json": (json.dumps(state) + "\n").encode(),  # no indent: the C encoder
+    }
+
+
+def serialize(snap: Mapping[str, Any], config_yaml: str) -> dict[str, bytes]:
+    """The files of one checkpoint (MANIFEST excepted), in write order."""
+    import io
+
+    from safetensors.torch import save
+
+    def weights(state: Mapping[str, torch.Tensor], meta: dict) -> bytes:
+        tensors = {k.replace("_orig_mod.", ""): v.contiguous() for k, v in state.items()}
+        return save(tensors, metadata={"format": str(CHECKPOINT_FORMAT), **{k: str(v) for k, v in meta.items()}})
+
+    meta = snap["meta"]
+    files = {"model.safetensors": weights(snap["model"], {"epoch": meta["epoch"], "step": meta["step"]})}
+    if snap["best"] is not None:
+        files["best.safetensors"] = weights(snap["best"], {"epoch": meta["best_epoch"]})
+    buf = io.BytesIO()
+    torch.save(snap["blob"], buf)
     files["state.pt"] = buf.getvalue()
-    files["state.json"] = (json.dumps(state, indent=1) + "\n").encode()
+    files["state.json"] = snap["state_json"]
     files["config.yaml"] = config_yaml.encode()
     return files
+
+
+def encode(loop: LoopState, model_state: Mapping[str, torch.Tensor], phases, generator, config: Mapping[str, Any], config_yaml: str) -> dict[str, bytes]:
+    """The files of a checkpoint of this state, now (snapshot and serialize in one go)."""
+    return serialize(snapshot(loop, model_state, phases, generator, config_hash(config)), config_yaml)
 
 
 def decode(path: Path, files: Mapping[str, bytes]) -> tuple[LoopState, dict[str, torch.Tensor], dict, dict]:

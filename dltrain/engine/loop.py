@@ -21,6 +21,7 @@ from dltrain.engine.loader import TensorLoader
 from dltrain.engine.loggers import Logger
 from dltrain.engine.progress import ProgressDisplay, format_row
 from dltrain.engine.rundir import RunDir
+from dltrain.engine.writer import Writer
 from dltrain.errors import UserError
 from dltrain.optim import Schedule
 
@@ -295,6 +296,7 @@ def _test_hook() -> tuple[str, int]:
 
 def _fire(hook: str) -> None:
     if hook == "step":
+        Writer.flush_all()
         os.kill(os.getpid(), signal.SIGKILL)
     for _ in range(2 if hook == "sigint2" else 1):
         os.kill(os.getpid(), signal.SIGTERM if hook == "sigterm" else signal.SIGINT)
@@ -303,4 +305,5 @@ def _fire(hook: str) -> None:
 def _kill_during(val_loader: TensorLoader) -> None:
     """Tests: SIGKILL after the first validation batch has been computed."""
     next(iter(val_loader))
+    Writer.flush_all()
     os.kill(os.getpid(), signal.SIGKILL)
