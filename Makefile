@@ -29,6 +29,7 @@ test-fast: setup  ## the fast tests only
 
 bench: setup  ## engine-overhead, CLI-startup and parallel-sweep benchmarks
 	$(BIN)/python benchmarks/engine_overhead.py
+	$(BIN)/python benchmarks/engine_overhead.py --checkpoint-every-n-steps 50 --threads 1
 	$(BIN)/python benchmarks/cli_startup.py
 	$(BIN)/python benchmarks/sweep_parallel.py
 

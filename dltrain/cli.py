@@ -120,6 +120,10 @@ def train_command(argv: list[str]) -> int:
 
             overrides = _overrides(argv)
             multirun = multirun or sweeps_by_itself(overrides)
+            if multirun:
+                from dltrain.sweep import prewarm_workers
+
+                prewarm_workers(overrides)  # launcher=joblib: workers start while the sweep is checked
             check_command_line(overrides, multirun)
             if multirun:
                 argv = argv + resume_dir(overrides)  # sweep.resume=true: back into the earlier sweep's dir

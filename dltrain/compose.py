@@ -126,9 +126,33 @@ def check_command_line(overrides: list[str], multirun: bool) -> None:
     # a grid: every combination (too many: each swept value with the others at their first value);
     # an Optuna search: every choice and both ends of every range of its search space
     jobs = jobs_to_check(overrides, parsed, MAX_CHECKED_COMBINATIONS)
+    bases: dict[tuple[str, ...], Any] = {}
     for job in jobs:
         try:
-            validate(compose_checked(job))
+            validate(_compose_sharing(job, bases))
         except UserError as e:
             raise UserError(f"{e} (in sweep job: {' '.join(job)})") from None
+
+
+def _compose_sharing(job: list[str], bases: dict[tuple[str, ...], Any]) -> Any:
+    """compose_checked(job), faster for a sweep: jobs with the same group choices share one Hydra
+    composition (`bases`), and their value overrides are applied to a copy of it the way Hydra
+    applies them. Anything unusual, or any error, goes through compose_checked (its messages)."""
+    import copy
+
+    try:
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    except ImportError:  # another Hydra: compose each job
+        return compose_checked(job)
+    choices = groups()
+    parsed = _parse(job)
+    shared = tuple(o.input_line for o in parsed if o.key_or_group in choices or o.is_add() or o.is_delete() or o.is_force_add())
+    if shared not in bases:
+        bases[shared] = compose_checked(list(shared))
+    cfg = copy.deepcopy(bases[shared])
+    try:
+        ConfigLoaderImpl._apply_overrides_to_config([o for o in parsed if o.input_line not in shared], cfg)
+    except Exception:  # noqa: BLE001  (compose_checked names the problem)
+        return compose_checked(job)
+    return cfg
 

@@ -140,6 +140,43 @@ def resume_dir(overrides: Sequence[str]) -> list[str]:
     return [f"hydra.sweep.dir={previous}"]
 
 
+def prewarm_workers(overrides: Sequence[str]) -> None:
+    """With launcher=joblib: start the worker processes, and their imports, while this process
+    checks the sweep. joblib reuses the same (loky) executor when the launcher asks for it."""
+    if "launcher=joblib" not in overrides:
+        return
+    n_jobs = next((int(o.partition("=")[2]) for o in overrides if o.startswith("hydra.launcher.n_jobs=") and o.partition("=")[2].lstrip("-").isdigit()), -1)
+    import threading
+
+    def warm() -> None:
+        try:
+            from joblib import Parallel, delayed
+
+            workers = n_jobs if n_jobs > 0 else max(1, available_cpus() + 1 + n_jobs)
+            # the executor arguments of Hydra's joblib launcher (defaults), so that it is reused
+            Parallel(n_jobs=n_jobs, backend="loky", max_nbytes=None, mmap_mode="r")(delayed(_warm_worker)() for _ in range(workers))
+            _import_plotting()  # this process plots the sweep at the end; it waits meanwhile
+        except Exception:  # noqa: BLE001  (only a head start; the launcher starts its own workers)
+            pass
+
+    threading.Thread(target=warm, daemon=True).start()
+
+
+def _warm_worker() -> None:
+    """What every job imports: torch, the models, the datasets (scikit-learn), the plots."""
+    import dltrain.data.tabular  # noqa: F401
+    import dltrain.train  # noqa: F401
+
+    _import_plotting()
+
+
+def _import_plotting() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+
+
 def find_previous_sweep(overrides: Sequence[str], root: Path = Path("multirun")) -> Path | None:
     """The latest sweep dir under `root` that ran the same command line (ignoring sweep.resume)."""
     import yaml
