@@ -127,14 +127,15 @@ def check_command_line(overrides: list[str], multirun: bool) -> None:
     # an Optuna search: every choice and both ends of every range of its search space
     jobs = jobs_to_check(overrides, parsed, MAX_CHECKED_COMBINATIONS)
     bases: dict[tuple[str, ...], Any] = {}
+    choices = groups()
     for job in jobs:
         try:
-            validate(_compose_sharing(job, bases))
+            validate(_compose_sharing(job, choices, bases))
         except UserError as e:
             raise UserError(f"{e} (in sweep job: {' '.join(job)})") from None
 
 
-def _compose_sharing(job: list[str], bases: dict[tuple[str, ...], Any]) -> Any:
+def _compose_sharing(job: list[str], choices: Mapping[str, list[str]], bases: dict[tuple[str, ...], Any]) -> Any:
     """compose_checked(job), faster for a sweep: jobs with the same group choices share one Hydra
     composition (`bases`), and their value overrides are applied to a copy of it the way Hydra
     applies them. Anything unusual, or any error, goes through compose_checked (its messages)."""
@@ -144,7 +145,6 @@ def _compose_sharing(job: list[str], bases: dict[tuple[str, ...], Any]) -> Any:
         from hydra._internal.config_loader_impl import ConfigLoaderImpl
     except ImportError:  # another Hydra: compose each job
         return compose_checked(job)
-    choices = groups()
     parsed = _parse(job)
     shared = tuple(o.input_line for o in parsed if o.key_or_group in choices or o.is_add() or o.is_delete() or o.is_force_add())
     if shared not in bases:

@@ -48,3 +48,13 @@ def train_run(tmp_path, compose):
         return summary, out
 
     return run
+
+
+def assert_one_line_exit_2(result: tuple[int, str, str], *fragments: str) -> None:
+    """(exit code, stdout, stderr) of a command that must fail with one line naming `fragments`."""
+    code, _, err = result
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]

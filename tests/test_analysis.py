@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import assert_one_line_exit_2
 from tests.test_cli import assert_user_error, dltrain
 
 RUNS = {
@@ -76,15 +77,6 @@ def cli(capsys):
         return code, out, err
 
     return run
-
-
-def one_line_error(result: tuple[int, str, str], *fragments: str) -> None:
-    code, _, err = result
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -219,16 +211,16 @@ def test_predict_regression_and_bad_inputs(trained, cli, tmp_path):
     assert np.allclose(preds, evaluated, rtol=1e-4)  # the same predictions, in the score's units
 
     np.savetxt(tmp_path / "narrow.csv", raw[:, :9], delimiter=",")
-    one_line_error(cli("predict", str(run), f"input={tmp_path / 'narrow.csv'}"), "narrow.csv holds shape (89, 9)", "expects (N, 10)")
+    assert_one_line_exit_2(cli("predict", str(run), f"input={tmp_path / 'narrow.csv'}"), "narrow.csv holds shape (89, 9)", "expects (N, 10)")
     _, digits_run = trained("mlp")
     np.savez(tmp_path / "wrong.npz", x=np.zeros((3, 63)))
-    one_line_error(cli("predict", str(digits_run), f"input={tmp_path / 'wrong.npz'}"), "(3, 63)", "(N, 1, 8, 8)", "(N, 64)")
-    one_line_error(cli("predict", str(run), f"input={tmp_path / 'x.npy'}".replace("x.npy", "missing.csv")), "does not exist")
-    one_line_error(cli("predict", str(run), f"input={run / 'config.yaml'}"), "unknown file type '.yaml'")
-    one_line_error(cli("predict", str(run)), "needs input=FILE")
+    assert_one_line_exit_2(cli("predict", str(digits_run), f"input={tmp_path / 'wrong.npz'}"), "(3, 63)", "(N, 1, 8, 8)", "(N, 64)")
+    assert_one_line_exit_2(cli("predict", str(run), f"input={tmp_path / 'x.npy'}".replace("x.npy", "missing.csv")), "does not exist")
+    assert_one_line_exit_2(cli("predict", str(run), f"input={run / 'config.yaml'}"), "unknown file type '.yaml'")
+    assert_one_line_exit_2(cli("predict", str(run)), "needs input=FILE")
     (tmp_path / "img").mkdir()
     (tmp_path / "img" / "a.png").write_bytes(b"not a png")
-    one_line_error(cli("predict", str(run), f"input={tmp_path / 'img'}"), "holds images", "table data")
+    assert_one_line_exit_2(cli("predict", str(run), f"input={tmp_path / 'img'}"), "holds images", "table data")
 
 
 # ---- export ----------------------------------------------------------------------------------
@@ -402,10 +394,10 @@ def test_explain_other_families(trained, cli, name, method, shape):
 
 def test_verbs_that_do_not_apply_say_why(trained, cli):
     _, run = trained("diabetes")
-    one_line_error(cli("explain", str(run)), "does not apply", "regression run", "needs a classification run")
-    one_line_error(cli("robust", str(run), "attack=pgd"), "does not apply", "regression run")
+    assert_one_line_exit_2(cli("explain", str(run)), "does not apply", "regression run", "needs a classification run")
+    assert_one_line_exit_2(cli("robust", str(run), "attack=pgd"), "does not apply", "regression run")
     _, sine = trained("sine")
-    one_line_error(cli("robust", str(sine)), "forecasting run")
+    assert_one_line_exit_2(cli("robust", str(sine)), "forecasting run")
 
 
 def test_generative_runs_are_refused_with_a_reason(tmp_path, cli):
@@ -425,22 +417,22 @@ def test_generative_runs_are_refused_with_a_reason(tmp_path, cli):
     run.write_config(OmegaConf.to_yaml(cfg, resolve=True))
     run.save_weights("best", build(validate(cfg), torch.device("cpu")).model.state_dict(), {})  # untrained is enough
     for verb, *extra in (["eval"], ["explain"], ["robust"], ["export"], ["compress", "quantize=int8"], ["predict", f"input={run.config}"]):
-        one_line_error(cli(verb, str(run.path), *extra), f"dltrain {verb} does not apply", "it is a gan run")
+        assert_one_line_exit_2(cli(verb, str(run.path), *extra), f"dltrain {verb} does not apply", "it is a gan run")
 
 
 def test_bad_options_are_one_line_errors(trained, cli):
     _, run = trained("mlp")
-    one_line_error(cli("export", str(run), "format=tflite"), "format='tflite'", "onnx, torchscript")
-    one_line_error(cli("explain", str(run), "method=shap"), "method='shap'", "integrated_gradients, occlusion, saliency")
-    one_line_error(cli("robust", str(run), "attack=cw"), "attack='cw'")
-    one_line_error(cli("robust", str(run), "eps=[0,-0.1]"), "eps=[0, -0.1]", ">= 0")
-    one_line_error(cli("compress", str(run)), "nothing to do")
-    one_line_error(cli("compress", str(run), "prune=1.5"), "prune.amount=1.5")
-    one_line_error(cli("compress", str(run), "prune=0.5", "prune.kind=channels"), "prune.kind='channels'", "structured, unstructured")
-    one_line_error(cli("compress", str(run), "quantize=int8", "prune.kind=structured", "prune.kind.x=1"), "conflicts with prune.kind")
-    one_line_error(cli("eval", str(run), "splt=val"), "'splt'", "did you mean 'split'?")
-    one_line_error(cli("eval", str(run), "ckpt=worst"), "ckpt='worst'", "best, last")
-    one_line_error(cli("eval"), "needs RUN_DIR")
+    assert_one_line_exit_2(cli("export", str(run), "format=tflite"), "format='tflite'", "onnx, torchscript")
+    assert_one_line_exit_2(cli("explain", str(run), "method=shap"), "method='shap'", "integrated_gradients, occlusion, saliency")
+    assert_one_line_exit_2(cli("robust", str(run), "attack=cw"), "attack='cw'")
+    assert_one_line_exit_2(cli("robust", str(run), "eps=[0,-0.1]"), "eps=[0, -0.1]", ">= 0")
+    assert_one_line_exit_2(cli("compress", str(run)), "nothing to do")
+    assert_one_line_exit_2(cli("compress", str(run), "prune=1.5"), "prune.amount=1.5")
+    assert_one_line_exit_2(cli("compress", str(run), "prune=0.5", "prune.kind=channels"), "prune.kind='channels'", "structured, unstructured")
+    assert_one_line_exit_2(cli("compress", str(run), "quantize=int8", "prune.kind=structured", "prune.kind.x=1"), "conflicts with prune.kind")
+    assert_one_line_exit_2(cli("eval", str(run), "splt=val"), "'splt'", "did you mean 'split'?")
+    assert_one_line_exit_2(cli("eval", str(run), "ckpt=worst"), "ckpt='worst'", "best, last")
+    assert_one_line_exit_2(cli("eval"), "needs RUN_DIR")
 
 
 def test_missing_or_unreadable_run_dirs_are_one_line_errors(trained, tmp_path):

@@ -7,7 +7,8 @@ import re
 import pytest
 
 from dltrain.recipe import info, recipe_names, recipes_dir
-from tests.test_sweep import assert_one_line_exit_2, in_process, one_torch_thread  # noqa: F401  (fixture)
+from tests.conftest import assert_one_line_exit_2
+from tests.test_sweep import in_process, one_torch_thread  # noqa: F401  (fixture)
 
 PINNED_GROUPS = {"model", "data", "loss", "optim", "sched", "reg", "init", "trainer", "logger"}
 SINGLE_RUNS = [n for n in recipe_names() if not info(n).sweep]

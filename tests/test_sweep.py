@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import assert_one_line_exit_2
 from tests.test_cli import dltrain
 
 
@@ -36,15 +37,6 @@ def in_process(capsys, *args: str) -> tuple[int, str, str]:
         main(list(args))
     out = capsys.readouterr()
     return e.value.code, out.out, out.err
-
-
-def assert_one_line_exit_2(result: tuple[int, str, str], *fragments: str) -> None:
-    code, _, err = result
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_grid_sweep_records_failures_goes_on_and_resumes(tmp_path):

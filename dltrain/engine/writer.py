@@ -1,13 +1,13 @@
 """Checkpoint writers: who serializes, hashes, fsyncs and commits a checkpoint, while training goes on.
 
-The training loop takes a `snapshot` (copies of every tensor) at a safe point and `submit`s it.
-Three writers (trainer.checkpoint.writer):
+The training loop takes a `snapshot` at a safe point (small state already JSON, tensors the live
+ones) and `submit`s it. Three writers (trainer.checkpoint.writer):
 
-    process  (default on Linux) a writer process forked at the first checkpoint. The snapshot's
-             tensors are copied into a shared-memory staging buffer and a small message says what
-             they are; the writer process does everything else. Nothing of the write runs in the
-             training process, so it costs the training loop a memcpy, not the GIL.
-    thread   a background thread in the training process (other platforms).
+    process  (default on Linux) a writer process, forked when the run starts (or at the first
+             checkpoint, if none was planned). The snapshot's tensors are copied into a
+             shared-memory staging buffer and a small message says what they are; the writer
+             process does everything else, so the training loop pays a memcpy, not the GIL.
+    thread   a background thread in the training process (the fallback where fork is missing).
     sync     in the training loop itself: when training goes on, the checkpoint is committed.
 
 At most one write is in flight: `submit` first waits for the previous one. `wait` returns when
@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import json
 import pickle
 import signal
 import sys
@@ -37,7 +38,6 @@ import torch
 
 from dltrain.engine.checkpoint import CheckpointError, commit, copy_tensors, link_or_copy, prune, serialize
 
-WRITERS = ("process", "thread", "sync")
 _ALIGN = 64
 
 
@@ -165,8 +165,10 @@ def _tensors(mem: mmap.mmap, layout: list, offsets: list[int]) -> list[torch.Ten
 class ProcessWriter(Writer):
     """A forked writer process and a shared-memory staging buffer (see the module docstring).
 
-    Protocol over a pipe: the trainer sends (name, staged tree, layout) or None (exit); the
-    writer answers ("ok", path) or ("error", kind, message) once the checkpoint is committed.
+    Protocol over a socket pair that only this process and its fork hold (nothing else can write
+    to it, so the trainer's own messages are pickled: they carry dtypes and optimizer state): the
+    trainer sends (name, staged tree, layout, offsets) or None (exit); the writer answers in JSON,
+    ["ok", path] or ["error", kind, message], once the checkpoint is committed.
     The staging buffer is reused: the trainer waits for the answer before copying the next one.
     """
 
@@ -226,9 +228,9 @@ class ProcessWriter(Writer):
             return
         self._pending = False
         try:
-            answer = pickle.loads(self._conn.recv_bytes())
+            answer = json.loads(self._conn.recv_bytes())
         except (EOFError, OSError):
-            answer = ("error", "CheckpointError", f"the checkpoint writer process died (pid {self._pid}); the previous checkpoints are intact")
+            answer = ["error", "CheckpointError", f"the checkpoint writer process died (pid {self._pid}); the previous checkpoints are intact"]
         if answer[0] == "error" and not quiet:
             _, kind, message = answer
             raise CheckpointError(message) if kind == "CheckpointError" else RuntimeError(f"checkpoint writer: {message}")
@@ -274,13 +276,13 @@ def _serve(conn, mem: mmap.mmap, root: Path, config_yaml: str, keep_last: int) -
         try:
             tensors = _tensors(mem, layout, offsets)
             path = write_checkpoint(root, name, _join(tree, tensors), config_yaml, keep_last)
-            answer: tuple = ("ok", str(path))
+            answer = ["ok", str(path)]
         except CheckpointError as e:
-            answer = ("error", "CheckpointError", str(e))
+            answer = ["error", "CheckpointError", str(e)]
         except BaseException as e:  # noqa: BLE001  (a bug: the trainer reports it with its traceback)
-            answer = ("error", type(e).__name__, "".join(traceback.format_exception(e)).strip())
+            answer = ["error", type(e).__name__, "".join(traceback.format_exception(e)).strip()]
         try:
-            conn.send_bytes(pickle.dumps(answer))
+            conn.send_bytes(json.dumps(answer).encode())
         except OSError:
             return 0
 
