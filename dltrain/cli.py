@@ -127,9 +127,36 @@ def train_command(argv: list[str]) -> int:
             check_command_line(overrides, multirun)
             if multirun:
                 argv = argv + resume_dir(overrides)  # sweep.resume=true: back into the earlier sweep's dir
+            from dltrain.engine.distributed import under_torchrun
+
+            if under_torchrun():
+                argv = join_ranks(argv, _overrides(argv), multirun)
     except UserError as e:
         return fail(str(e))
     return _run_hydra(argv)
+
+
+def join_ranks(argv: list[str], overrides: list[str], multirun: bool) -> list[str]:
+    """A rank started by torchrun: join the process group before Hydra runs, and train into rank
+    0's run directory; Hydra's own files (.hydra/, train.log) are rank 0's to write."""
+    from omegaconf import OmegaConf
+
+    from dltrain.compose import compose
+    from dltrain.config import validate
+    from dltrain.engine import distributed
+    from dltrain.errors import UserError
+
+    if multirun:
+        raise UserError("a sweep under torchrun would run once in every rank; run it as dltrain -m ... trainer.devices=N (each job starts its own ranks)")
+    cfg = compose(overrides, with_hydra=True)
+    own_dir = str(OmegaConf.select(cfg, "hydra.run.dir"))  # this rank's clock; rank 0's wins
+    OmegaConf.set_struct(cfg, False)
+    cfg.pop("hydra")
+    trainer = validate(cfg).trainer
+    ranks = distributed.join(trainer.backend, trainer.device, trainer.dist_timeout)
+    run_dir = distributed.agree_run_dir(own_dir)
+    mine = [f"hydra.run.dir={_quoted(run_dir)}"] + ([] if ranks.main else ["hydra.output_subdir=null", "hydra/job_logging=disabled"])
+    return [a for a in argv if not a.startswith("hydra.run.dir=")] + mine
 
 
 def resume_argv(argv: list[str]) -> list[str]:
@@ -160,10 +187,12 @@ def resume_argv(argv: list[str]) -> list[str]:
     skip = ("trainer.resume", "trainer.resume_force", "hydra.")
     original = [o for o in yaml.safe_load(recorded.read_text()) or [] if not o.lstrip("+~").startswith(skip) and o.split("=")[0].lstrip("+~") not in mine]
 
-    def quoted(p: str) -> str:
-        return "'" + p.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return [*original, *rest, f"trainer.resume={_quoted(target)}", f"trainer.resume_force={force}", f"hydra.run.dir={_quoted(str(run_dir))}", "hydra.output_subdir=null"]  # keep .hydra/ as the run recorded it
 
-    return [*original, *rest, f"trainer.resume={quoted(target)}", f"trainer.resume_force={force}", f"hydra.run.dir={quoted(str(run_dir))}", "hydra.output_subdir=null"]  # keep .hydra/ as the run recorded it
+
+def _quoted(value: str) -> str:
+    """`value` as a quoted Hydra override value."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _overrides(argv: list[str]) -> list[str]:
@@ -205,6 +234,7 @@ def _train_job(cfg) -> float | None:
     from omegaconf import OmegaConf
     from rich.console import Console
 
+    from dltrain.engine import distributed
     from dltrain.engine.checkpoint import TrainingInterrupted
     from dltrain.errors import UserError
     from dltrain.train import train
@@ -215,14 +245,34 @@ def _train_job(cfg) -> float | None:
         from dltrain.sweep import run_job
 
         return run_job(cfg, hc, console)
+    ranks = distributed.current()  # several when torchrun started this process
     try:
         summary = train(cfg, hc.runtime.output_dir, console, config_yaml=OmegaConf.to_yaml(cfg, resolve=True))
     except TrainingInterrupted as e:  # SIGINT/SIGTERM: checkpoint saved; exit 130/143
-        console.print(f"{e}; continue with: dltrain resume={hc.runtime.output_dir}", highlight=False)
-        sys.exit(e.code)
+        if ranks.main:
+            console.print(f"{e}; continue with: dltrain resume={hc.runtime.output_dir}", highlight=False, soft_wrap=True)
+        distributed.exit_rank(e.code) if ranks.enabled else sys.exit(e.code)
     except UserError as e:
-        _discard_if_unused(hc.runtime.output_dir)
-        sys.exit(fail(str(e)))
+        if ranks.main:
+            _discard_if_unused(hc.runtime.output_dir)
+            fail(str(e))
+        distributed.exit_rank(2) if ranks.enabled else sys.exit(2)
+    except distributed.RanksFailed as e:  # trainer.devices=N: the ranks have said what went wrong
+        if e.code in (130, 143):
+            console.print(e.message, highlight=False, soft_wrap=True)
+        elif e.message:
+            fail(e.message)
+        if e.code == 2:
+            _discard_if_unused(hc.runtime.output_dir)
+        sys.exit(e.code)
+    except Exception as e:
+        if ranks.enabled and distributed.is_peer_failure(e):
+            distributed.exit_rank(fail(distributed.peer_failure_message(e, ranks), 1))
+        raise
+    if ranks.enabled:
+        distributed.leave()
+    if not ranks.main:
+        return None
     print_summary(console, summary, hc.runtime.output_dir)
     from dltrain.config import validate
 
@@ -254,7 +304,9 @@ def print_summary(console, summary: dict, run_dir: str) -> None:
     table.add_row("best epoch", str(summary["best"]["epoch"]))
     table.add_row("epochs", f"{summary['epochs']}" + (" (early stop)" if summary["stopped_early"] else ""))
     table.add_row("train seconds", f"{summary['train_seconds']:.2f}")
-    table.add_row("device", summary["device"])
+    if summary.get("compile_seconds"):
+        table.add_row("compile seconds", f"{summary['compile_seconds']:.2f}")
+    table.add_row("device", summary["device"] + (f" x {summary['ranks']} ranks" if summary.get("ranks", 1) > 1 else ""))
     console.print(table)
     console.print(f"run directory: [bold]{run_dir}[/]", highlight=False)
 

@@ -38,8 +38,8 @@ def groups() -> dict[str, list[str]]:
     return {**found, "recipe": recipe_choices()} if recipe_choices() else found
 
 
-def compose(overrides: Iterable[str] = ()) -> Any:
-    """The composed DictConfig for `overrides` (without the hydra node)."""
+def compose(overrides: Iterable[str] = (), with_hydra: bool = False) -> Any:
+    """The composed DictConfig for `overrides` (with the hydra node only if `with_hydra`)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -51,7 +51,7 @@ def compose(overrides: Iterable[str] = ()) -> Any:
     register_sweeper()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-        return hydra_compose(config_name="config", overrides=list(overrides))
+        return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=with_hydra)
 
 
 def _parse(overrides: list[str]):

@@ -41,6 +41,11 @@ class TrainerConfig:
     device: Device = "auto"
     precision: Precision = "32"
     compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"  # reduce-overhead: CUDA graphs
+    devices: PositiveInt = 1  # data-parallel ranks on this machine (DDP through torchrun's launcher); torchrun itself sets its own
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: gloo on CPU, NCCL on CUDA
+    dist_timeout: PositiveInt = 300  # seconds a rank waits for the others at a collective
+    threads: NonNegativeInt = 0  # CPU intra-op threads per process; 0: the cores this process may use, shared among its ranks
     accumulate: PositiveInt = 1  # gradient accumulation: optimizer step every N batches
     clip_grad: Positive | None = None  # max global gradient norm
     deterministic: bool = False
@@ -83,6 +88,7 @@ class RunSpec:
     logger: dict[str, Any]
     trainer: TrainerConfig
     batch_size: int
+    shift: int = 0  # data.shift: random translation of training images, in pixels
     optim_d: dict[str, Any] | None = None  # a GAN's discriminator
     sched_d: dict[str, Any] | None = None
     sweep: SweepConfig = field(default_factory=SweepConfig)
@@ -129,6 +135,7 @@ def validate(cfg: Mapping[str, Any]) -> RunSpec:
     parts = {s: _component(registries[s], cfg.get(s), s, LOADER_KEYS if s == "data" else ()) for s in COMPONENT_SECTIONS}
     parts.update({s: _component(registries[s], cfg[s], s) for s in OPTIONAL_SECTIONS if cfg.get(s) is not None})
     batch_size = check_value("data.batch_size", (cfg.get("data") or {}).get("batch_size", 64), PositiveInt)
+    shift = check_value("data.shift", (cfg.get("data") or {}).get("shift", 0), NonNegativeInt)
 
     reg_node = cfg.get("reg") or {}
     if not isinstance(reg_node, Mapping):
@@ -166,7 +173,9 @@ def validate(cfg: Mapping[str, Any]) -> RunSpec:
 
     sweep = check_sweep(parse_dataclass(SweepConfig, cfg.get("sweep"), "sweep"), task_cls)
     expected = check_expected(cfg.get("expected"), task_cls)
-    return RunSpec(seed=seed, task=task, reg=reg, trainer=trainer, batch_size=batch_size, sweep=sweep, expected=expected, **parts)
+    if shift and data_entry.meta["kind"] != "image":
+        raise ConfigError("data.shift", shift, f"data={data_entry.name} is {data_entry.meta['kind']} data, not images; allowed: 0")
+    return RunSpec(seed=seed, task=task, reg=reg, trainer=trainer, batch_size=batch_size, shift=shift, sweep=sweep, expected=expected, **parts)
 
 
 def _check_compatible(parts, reg, trainer, task, task_cls, data_entry, MODELS, LOSSES, OPTIMIZERS, REGULARIZERS) -> None:
@@ -200,6 +209,8 @@ def _check_compatible(parts, reg, trainer, task, task_cls, data_entry, MODELS, L
     if optim.meta.get("closure") and len(task_cls.phases) > 1:
         raise ConfigError("optim", optim.name, f"task {task} alternates {len(task_cls.phases)} optimizers; choose one without a closure: " + ", ".join(e.name for e in OPTIMIZERS if not e.meta.get("closure")))
     if optim.meta.get("closure"):
+        if trainer.devices > 1:
+            raise ConfigError("trainer.devices", trainer.devices, f"optim={optim.name} runs a line search that would differ per rank; allowed: 1, or an optimizer without a closure")
         if trainer.accumulate > 1:
             raise ConfigError("trainer.accumulate", trainer.accumulate, f"optim={optim.name} re-evaluates the loss itself; allowed: 1")
         if trainer.precision == "16":

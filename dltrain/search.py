@@ -190,12 +190,12 @@ def make_storage(url: str | None):
 
 def parallel_jobs(n_jobs: int | None, launcher_cfg: Mapping | None) -> int:
     """Trials to launch at once: n_jobs, else as many as the launcher runs in parallel."""
-    from dltrain.sweep import available_cpus
+    from dltrain.engine.device import usable_cpus
 
     if n_jobs is None:
         n_jobs = (launcher_cfg or {}).get("n_jobs") or 1
     if n_jobs < 0:  # joblib's convention: -1 all cores, -2 all but one
-        n_jobs = max(1, available_cpus() + 1 + n_jobs)
+        n_jobs = max(1, usable_cpus() + 1 + n_jobs)
     return max(1, int(n_jobs))
 
 

@@ -36,13 +36,6 @@ JOB_FILE = "job.json"
 STATUS_ORDER = {"completed": 0, "pruned": 1, "failed": 2, "interrupted": 3, "running": 4, "incomplete": 5}
 
 
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 # ---- config ----------------------------------------------------------------------------------
 
 
@@ -152,7 +145,9 @@ def prewarm_workers(overrides: Sequence[str]) -> None:
         try:
             from joblib import Parallel, delayed
 
-            workers = n_jobs if n_jobs > 0 else max(1, available_cpus() + 1 + n_jobs)
+            from dltrain.engine.device import usable_cpus
+
+            workers = n_jobs if n_jobs > 0 else max(1, usable_cpus() + 1 + n_jobs)
             # the executor arguments of Hydra's joblib launcher (defaults), so that it is reused
             Parallel(n_jobs=n_jobs, backend="loky", max_nbytes=None, mmap_mode="r")(delayed(_warm_worker)() for _ in range(workers))
             _import_plotting()  # this process plots the sweep at the end; it waits meanwhile
@@ -219,6 +214,14 @@ def run_job(cfg, hc, console) -> float | None:
         log.info("sweep.resume: job %s already finished; skipped", hc.job.num)
         return earlier.get("objective")
 
+    from dltrain.engine import distributed
+
+    ranks = distributed.join_submitit_tasks(cfg)  # launcher=slurm with several tasks: each is a rank
+    if not ranks.main:  # rank 0 keeps the job's record and returns its objective
+        _limit_threads(hc)
+        _train(cfg, run_dir, console, None)
+        distributed.leave()
+        return None
     _limit_threads(hc)
     start = time.perf_counter()
     write_job(run_dir, record)
@@ -239,7 +242,7 @@ def run_job(cfg, hc, console) -> float | None:
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001  (recorded: the sweep goes on)
-        if type(e).__name__ == "TrainingInterrupted":  # SIGINT/SIGTERM: stop the whole sweep
+        if type(e).__name__ == "TrainingInterrupted" or getattr(e, "code", 0) in (130, 143):  # SIGINT/SIGTERM (also of a job's ranks): stop the whole sweep
             record.update(status="interrupted", reason=str(e), seconds=round(time.perf_counter() - start, 3))
             write_job(run_dir, record)
             console.print(f"job {hc.job.num}: {e}; rerun the sweep command with sweep.resume=true to continue it", highlight=False)
@@ -255,6 +258,8 @@ def run_job(cfg, hc, console) -> float | None:
         console.print(f"[red]job {hc.job.num} {record['status']}:[/] {record['reason']}", highlight=False)
     record["seconds"] = round(time.perf_counter() - start, 3)
     write_job(run_dir, record)
+    if ranks.enabled and record["status"] == "completed":
+        distributed.leave()
     if pruned is not None:
         raise pruned
     return record.get("objective")
@@ -280,7 +285,9 @@ def _limit_threads(hc) -> None:
 
     n_jobs = OmegaConf.select(hc, "launcher.n_jobs", default=None)
     per_task = OmegaConf.select(hc, "launcher.cpus_per_task", default=None)
-    cpus = available_cpus()
+    from dltrain.engine.device import usable_cpus
+
+    cpus = usable_cpus()
     if per_task:
         threads = int(per_task)
     elif n_jobs:
@@ -291,6 +298,7 @@ def _limit_threads(hc) -> None:
     import torch
 
     torch.set_num_threads(max(1, threads))
+    os.environ["OMP_NUM_THREADS"] = str(max(1, threads))  # what engine.device.set_threads reads
     log.info("torch threads: %d (%d cores, launcher n_jobs=%s, cpus_per_task=%s)", max(1, threads), cpus, n_jobs, per_task)
 
 

@@ -18,7 +18,8 @@ import dltrain
 from dltrain.config import RunSpec, validate
 from dltrain.errors import ConfigError, UserError
 from dltrain.data import DATASETS, DataBundle, Split
-from dltrain.engine.device import check_precision, configure_backends, describe, seed_everything, select_device
+from dltrain.engine import distributed
+from dltrain.engine.device import check_precision, configure_backends, describe, seed_everything, select_device, set_threads
 from dltrain.engine.checkpoint import LoopState, TrainingInterrupted, config_hash, restore, snapshot
 from dltrain.engine.loader import TensorLoader
 from dltrain.engine.loggers import LOGGERS
@@ -69,6 +70,8 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
     """Run one training job described by `cfg` into `run_dir`; return the summary dict.
 
     `on_epoch(row)` is called with each epoch's metrics row (a sweep's pruning hook; it may raise).
+    With trainer.devices=N (N > 1) this process launches N data-parallel ranks and returns their
+    summary; in a rank (a process group is joined) it trains its shard and only rank 0 writes.
     """
     from rich.console import Console
 
@@ -77,16 +80,30 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
     trainer = spec.trainer
     plain, config_text = _plain_config(cfg, config_yaml)
     run = RunDir(run_dir)
+    ranks = distributed.current()
     resume = find_resume(trainer, run.path, plain, log.warning)  # before anything is built: fail fast
+    if trainer.devices > 1 and not ranks.enabled:
+        if on_epoch is not None:
+            log.warning("trainer.devices=%d: per-epoch reports (a sweep's pruning) are off for data-parallel jobs", trainer.devices)
+        return distributed.launch(trainer.devices, trainer, config_text, run.path)
     device = select_device(trainer.device)
+    if ranks.enabled and device.type == "cuda":
+        device = torch.device("cuda", ranks.local_rank)
     check_precision(device, trainer.precision)
     configure_backends(device, trainer.precision, trainer.deterministic)
+    set_threads(device, trainer.threads, ranks.local_world)
     generator = seed_everything(spec.seed)
 
     built = build(spec, device)
+    if ranks.rank:  # the same weights and data order everywhere, but each rank its own dropout and noise
+        torch.manual_seed(spec.seed + ranks.rank)
+    if ranks.enabled and device.type == "cuda":  # batch statistics over the whole batch (CPU ranks: per rank)
+        built.model = nn.SyncBatchNorm.convert_sync_batchnorm(built.model)
     data, task, model, regs, channels_last = built.data, built.task, built.model, built.regs, built.channels_last
     clip_grad = trainer.clip_grad or next((r.clip_grad for r in regs if r.clip_grad), None)
     needs_closure = bool(OPTIMIZERS.get(spec.optim["name"]).meta.get("closure"))
+    if needs_closure and ranks.enabled:
+        raise ConfigError("optim", spec.optim["name"], f"its line search differs per rank and cannot run on {ranks.world} ranks; allowed: an optimizer without a closure, or one rank")
     penalty = WeightPenalty(model, regs)
 
     train_split, val_split = data.train, data.val
@@ -95,47 +112,54 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
         train_split = val_split = Split(data.train.x[:n], data.train.y[:n])
     loader_args = dict(device=device, channels_last=channels_last)
     batch_size = len(train_split) if spec.optim.get("full_batch") else spec.batch_size
+    rest = len(train_split) % batch_size
     train_loader = TensorLoader(
         train_split.x, train_split.y, batch_size, shuffle=not trainer.overfit_batches,
         generator=generator, limit_batches=trainer.limit_train_batches,
-        drop_last=len(train_split) % batch_size == 1,  # a batch of one breaks batch norm
-        **loader_args,
+        drop_last=rest == 1 or 0 < rest < ranks.world,  # a batch of one breaks batch norm; every rank needs a sample
+        shard=(ranks.rank, ranks.world), shift=spec.shift, **loader_args,
     )
     val_loader = TensorLoader(val_split.x, val_split.y, trainer.eval_batch_size, limit_batches=trainer.limit_val_batches, **loader_args)
     test_loader = TensorLoader(data.test.x, data.test.y, trainer.eval_batch_size, limit_batches=trainer.limit_val_batches, **loader_args)
     steps_per_epoch = len(train_loader) if needs_closure else math.ceil(len(train_loader) / trainer.accumulate)
     phases = [build_phase(spec, task, model, name, steps_per_epoch) for name in task.phases]
-    net = torch.compile(model) if trainer.compile else model
+    net = torch.compile(model, mode=None if trainer.compile_mode == "default" else trainer.compile_mode) if trainer.compile else model
 
-    try:
-        run.create()
-    except OSError as e:
-        raise UserError(f"cannot write the run directory {run.path}: {e.strerror or e}") from None
-    if config_yaml is not None:
-        run.write_config(config_yaml)
+    main = ranks.main  # only rank 0 writes the run directory
+    if main:
+        try:
+            run.create()
+        except OSError as e:
+            raise UserError(f"cannot write the run directory {run.path}: {e.strerror or e}") from None
+        if config_yaml is not None:
+            run.write_config(config_yaml)
     start = None
     if resume is not None:
         start = restore(*resume, model=model, phases=phases, generator=generator)
-        run.restart_metrics(start.history)
+        distributed.set_rank_rng(start.rank_rng, ranks)
+        if main:
+            run.restart_metrics(start.history)
         log.info("resuming from %s: epoch %d, batch %d, step %d", resume[0], start.epoch, start.batch, start.step)
 
     planned = trainer.checkpoint.every_n_steps or trainer.checkpoint.every_n_epochs
     state_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values()) if planned else 0
-    writer = make_writer(trainer.checkpoint.writer, run.checkpoints, config_text, trainer.checkpoint.keep_last, state_bytes)
+    writer = make_writer(trainer.checkpoint.writer if main else "rank", run.checkpoints, config_text, trainer.checkpoint.keep_last, state_bytes)
     config_sha256 = config_hash(plain)
 
     def save_checkpoint(loop: LoopState) -> Path:
-        """Copy the state now; the writer serializes, fsyncs and commits it while training goes on."""
+        """Copy the state now; the writer serializes, fsyncs and commits it while training goes on.
+        With several ranks, every rank's RNG state is gathered first (all ranks are at this step)."""
         name = f"step-{loop.step:08d}"
+        loop.rank_rng = distributed.gather_rng(ranks)
         writer.submit(name, snapshot(loop, model.state_dict(), phases, generator, config_sha256))
         return run.checkpoints / name
 
-    loggers = [LOGGERS.build(spec.logger, key="logger", run_dir=run.path)]
-    log.info("model=%s (%d parameters) data=%s task=%s device=%s", spec.model["name"], count_parameters(model), data.name, spec.task, describe(device))
+    loggers = [LOGGERS.build(spec.logger, key="logger", run_dir=run.path)] if main else []
+    log.info("model=%s (%d parameters) data=%s task=%s device=%s%s", spec.model["name"], count_parameters(model), data.name, spec.task, describe(device), f" x {ranks.world} ranks" if ranks.enabled else "")
     if data.note:
         log.info(data.note)
 
-    progress = ProgressDisplay(console, trainer.progress, trainer.max_epochs, len(train_loader), batch_size)
+    progress = ProgressDisplay(console, trainer.progress if main else "none", trainer.max_epochs, len(train_loader), batch_size)
     try:
         with progress:
             result = fit(
@@ -144,7 +168,7 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
                 penalty=penalty if penalty else None, clip_grad=clip_grad,
                 needs_closure=needs_closure, state_of=model.state_dict,
                 warn=lambda message: (log.warning(message), console.print(f"[yellow]warning:[/] {message}", highlight=False)),
-                on_epoch=on_epoch, save_checkpoint=save_checkpoint, start=start,
+                on_epoch=on_epoch, save_checkpoint=save_checkpoint, start=start, ranks=ranks,
             )
     except (TrainingInterrupted, UserError):
         writer.close()  # the interrupt's checkpoint must be committed (or its error reported) before exiting
@@ -156,6 +180,8 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
         for logger in loggers:
             logger.close()
     writer.close()
+    if not main:
+        return {}
 
     last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     run.save_weights("last", last_state, {"epoch": result.epochs, "step": result.steps})
@@ -183,8 +209,10 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
         "steps": result.steps,
         "stopped_early": result.stopped_early,
         "train_seconds": round(result.train_seconds, 4),
+        "compile_seconds": round(result.compile_seconds, 4),
         "test_seconds": round(test_seconds, 4),
         "device": describe(device),
+        "ranks": ranks.world,
         "precision": trainer.precision,
         "seed": spec.seed,
         "parameters": count_parameters(model),

@@ -184,6 +184,8 @@ def test_a_compiled_run_checkpoints_plain_names_and_resumes_exactly(run_train, t
     from safetensors.torch import load_file
 
     full = run_train(tmp_path / "full", *MODELS["mlp"], *TINY, "trainer.compile=true")
+    plain = run_train(tmp_path / "plain", *MODELS["mlp"], *TINY)
+    assert full["compile_seconds"] > 0 and plain["compile_seconds"] == 0  # compiling is timed apart from training
     names = set(load_file(tmp_path / "full" / "checkpoints" / "step-00000009" / "model.safetensors"))
     assert names and not any("_orig_mod" in n for n in names)
     run = crash_after(tmp_path / "full", tmp_path / "r", 9)

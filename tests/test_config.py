@@ -116,8 +116,10 @@ def test_config_file_equals_registry_defaults(group: str, choice: str) -> None:
         assert node.pop("name") == choice
         params = node
     if group == "data":
-        for key in LOADER_KEYS:
-            assert check_value(f"data.{key}", params.pop(key), int) >= 1
+        assert set(LOADER_KEYS) == {"batch_size", "shift"}
+        assert check_value("data.batch_size", params.pop("batch_size"), int) >= 1
+        shift = params.pop("shift", None)  # image data offers data.shift (augmentation), off by default
+        assert (shift == 0) if REGISTRIES[group].get(choice).meta["kind"] == "image" else shift is None
     assert params == REGISTRIES[group].get(choice).defaults()
 
 

@@ -9,8 +9,9 @@ from dltrain.registry import Registry
 
 DATASETS = Registry("data")
 
-# Keys of the data node used by the loader rather than the dataset builder.
-LOADER_KEYS = ("batch_size",)
+# Keys of the data node used by the loader rather than the dataset builder: the batch size and,
+# for images, a random shift of up to `shift` pixels applied to training batches on the device.
+LOADER_KEYS = ("batch_size", "shift")
 
 from dltrain.data import mnist, sequence, tabular  # noqa: E402,F401  (registration)
 

@@ -7,7 +7,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 
 @dataclass
@@ -95,6 +94,8 @@ def stratified_split(
     the spread of test R2 across split seeds halves.
     """
     strata = quantile_bins if by == "quantile" else (lambda t: t)
+    from sklearn.model_selection import train_test_split  # when data is built (see tabular.py)
+
     x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=strata(y))
     if val_fraction > 0:
         x_train, x_val, y_train, y_val = train_test_split(

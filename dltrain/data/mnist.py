@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 from dltrain.data import DATASETS
 from dltrain.data.base import DataBundle, Split, classification_bundle, standardize
@@ -151,6 +150,8 @@ def _official_bundle(
     class_names: list[str],
 ) -> DataBundle:
     """Like `classification_bundle`, but the test set is given: only val is carved from train."""
+    from sklearn.model_selection import train_test_split  # when data is built (see tabular.py)
+
     xtr, xva, ytr, yva = train_test_split(*train, test_size=val_fraction, random_state=split_seed, stratify=train[1])
     (xtr, xva, xte), mean, std = standardize(xtr, xva, test[0], per_feature=False)
     as_split = lambda x, y: Split(torch.from_numpy(x), torch.from_numpy(y))  # noqa: E731

@@ -1,10 +1,13 @@
-"""scikit-learn's bundled datasets: offline, small, and classic teaching sets."""
+"""scikit-learn's bundled datasets: offline, small, and classic teaching sets.
+
+scikit-learn is imported when a dataset is built, not when the registry is read: checking a
+config (every `dltrain` command, a sweep's parent process) does not pay for its import.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn import datasets as skd
 
 from dltrain.data import DATASETS
 from dltrain.data.base import DataBundle, Split, classification_bundle, standardize, stratified_split
@@ -16,15 +19,21 @@ ValFraction = TestFraction = Fraction
 @DATASETS.register("digits", kind="image", task="classification")
 def digits(val_fraction: ValFraction = 0.1, test_fraction: TestFraction = 0.2, split_seed: NonNegativeInt = 0) -> DataBundle:
     """8x8 handwritten digits (1,797 images, 10 classes), bundled with scikit-learn."""
-    raw = skd.load_digits()
+    raw = _load("load_digits")
     x = raw.images.astype(np.float32)[:, None]  # (N, 1, 8, 8)
     return classification_bundle(
         "digits", "image", x, raw.target, val_fraction=val_fraction, test_fraction=test_fraction, split_seed=split_seed
     )
 
 
-def _table(name: str, loader, val_fraction: float, test_fraction: float, split_seed: int) -> DataBundle:
-    raw = loader()
+def _load(loader: str):
+    from sklearn import datasets
+
+    return getattr(datasets, loader)()
+
+
+def _table(name: str, loader: str, val_fraction: float, test_fraction: float, split_seed: int) -> DataBundle:
+    raw = _load(loader)
     return classification_bundle(
         name,
         "table",
@@ -40,25 +49,25 @@ def _table(name: str, loader, val_fraction: float, test_fraction: float, split_s
 @DATASETS.register("iris", kind="table", task="classification")
 def iris(val_fraction: ValFraction = 0.1, test_fraction: TestFraction = 0.2, split_seed: NonNegativeInt = 0) -> DataBundle:
     """Fisher's iris: 150 flowers, 4 features, 3 species."""
-    return _table("iris", skd.load_iris, val_fraction, test_fraction, split_seed)
+    return _table("iris", "load_iris", val_fraction, test_fraction, split_seed)
 
 
 @DATASETS.register("wine", kind="table", task="classification")
 def wine(val_fraction: ValFraction = 0.1, test_fraction: TestFraction = 0.2, split_seed: NonNegativeInt = 0) -> DataBundle:
     """UCI wine recognition: 178 wines, 13 chemical features, 3 cultivars."""
-    return _table("wine", skd.load_wine, val_fraction, test_fraction, split_seed)
+    return _table("wine", "load_wine", val_fraction, test_fraction, split_seed)
 
 
 @DATASETS.register("breast_cancer", kind="table", task="classification")
 def breast_cancer(val_fraction: ValFraction = 0.1, test_fraction: TestFraction = 0.2, split_seed: NonNegativeInt = 0) -> DataBundle:
     """Wisconsin diagnostic breast cancer: 569 tumours, 30 features, malignant vs benign."""
-    return _table("breast_cancer", skd.load_breast_cancer, val_fraction, test_fraction, split_seed)
+    return _table("breast_cancer", "load_breast_cancer", val_fraction, test_fraction, split_seed)
 
 
 @DATASETS.register("diabetes", kind="table", task="regression")
 def diabetes(val_fraction: ValFraction = 0.1, test_fraction: TestFraction = 0.2, split_seed: NonNegativeInt = 0) -> DataBundle:
     """Diabetes progression: 442 patients, 10 features, a disease-progression score (regression)."""
-    raw = skd.load_diabetes()
+    raw = _load("load_diabetes")
     (xtr, ytr), (xva, yva), (xte, yte) = stratified_split(
         raw.data.astype(np.float32), raw.target.astype(np.float32)[:, None], val_fraction, test_fraction, split_seed, by="quantile"
     )

@@ -271,6 +271,7 @@ class LoopState:
     task: dict[str, Any] = field(default_factory=dict)
     order: torch.Tensor | None = None  # the epoch's data permutation
     best_state: dict[str, torch.Tensor] | None = None
+    rank_rng: list[torch.Tensor] | None = None  # data-parallel runs: every rank's torch RNG state
 
 
 def rng_state(generator: torch.Generator | None) -> dict[str, Any]:
@@ -337,6 +338,7 @@ def snapshot(loop: LoopState, model_state: Mapping[str, torch.Tensor], phases, g
         },
         "rng": rng_state(generator),
         "order": loop.order,
+        **({"rank_rng": loop.rank_rng} if loop.rank_rng is not None else {}),
     }
     return {
         "model": dict(model_state),
@@ -400,6 +402,7 @@ def decode(path: Path, files: Mapping[str, bytes]) -> tuple[LoopState, dict[str,
         epoch=state["epoch"], batch=state["batch"], epoch_done=state["epoch_done"], step=state["step"],
         losses=state["losses"], best=state["best"], stop_best=state["stop_best"], bad_epochs=state["bad_epochs"],
         history=state["history"], train_seconds=state.get("train_seconds", 0.0), task=state["task"], order=blob.get("order"), best_state=best,
+        rank_rng=blob.get("rank_rng"),
     )
     return loop, model, blob, state
 

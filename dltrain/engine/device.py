@@ -36,6 +36,32 @@ def configure_backends(device: torch.device, precision: str, deterministic: bool
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def usable_cpus() -> int:
+    """The cores this process may run on: its CPU affinity, capped by a cgroup CPU quota."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
+def set_threads(device: torch.device, threads: int, local_ranks: int = 1) -> int:
+    """Intra-op threads for CPU work: `threads` if set; else the usable cores shared among the
+    ranks on this machine, unless OMP_NUM_THREADS says otherwise (a sweep launcher sets it per
+    job). More threads than cores makes small steps many times slower. Returns the count."""
+    if threads:
+        torch.set_num_threads(threads)
+    elif device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, usable_cpus() // max(1, local_ranks)))
+    return torch.get_num_threads()
+
+
 def autocast(device: torch.device, precision: str):
     """The autocast context for a precision; a no-op context for full precision."""
     if precision == "32":

@@ -3,6 +3,10 @@
 Small datasets live on the training device (the GPU too); each epoch draws one permutation from
 a seeded generator and yields index-gathered batches. Data too large for the device stays in
 pinned host memory and each batch is copied asynchronously.
+
+`shift` augments training images on the device (`random_shift`). Data-parallel ranks share the permutation (the same seeded generator) and each takes its
+contiguous part of every global batch (`shard=(rank, world)`); `weight(i)` is that part's share
+of the batch, which makes the ranks' averaged gradients the gradient of the whole batch.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ class TensorLoader:
         limit_batches: int = 0,
         channels_last: bool = False,
         drop_last: bool = False,
+        shard: tuple[int, int] = (0, 1),
+        shift: int = 0,
     ) -> None:
         nbytes = x.nbytes + y.nbytes
         self.resident = device.type == "cpu" or nbytes <= RESIDENT_LIMIT_BYTES
@@ -41,6 +47,8 @@ class TensorLoader:
             x, y = x.pin_memory(), y.pin_memory()
         self.x, self.y, self.device = x, y, device
         self.batch_size, self.shuffle, self.generator = batch_size, shuffle, generator
+        self.rank, self.world = shard
+        self.shift, self.channels_last = shift, channels_last
         self.order: torch.Tensor | None = None  # the current epoch's permutation (CPU)
         n_batches = len(x) // batch_size if drop_last and len(x) >= batch_size else -(-len(x) // batch_size)
         self.num_batches = min(n_batches, limit_batches) if limit_batches else n_batches
@@ -50,6 +58,18 @@ class TensorLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.batches()
+
+    def _part(self, i: int) -> tuple[int, int, int]:
+        """Global batch i's size and this rank's [lo, hi) within it (sizes differ by at most one)."""
+        size = min(self.batch_size, len(self.x) - i * self.batch_size)
+        q, r = divmod(size, self.world)
+        lo = self.rank * q + min(self.rank, r)
+        return size, lo, lo + q + (self.rank < r)
+
+    def weight(self, i: int) -> float:
+        """This rank's share of global batch i times the world size (1.0 for equal shards)."""
+        size, lo, hi = self._part(i)
+        return (hi - lo) * self.world / size
 
     def batches(self, start: int = 0, order: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This epoch's batches from batch `start` on; `order` replays a saved permutation (a resume)
@@ -62,11 +82,29 @@ class TensorLoader:
             if self.resident and self.device.type != "cpu":
                 order = order.to(self.device, non_blocking=True)
         for i in range(start, self.num_batches):
+            a, b = i * bs, (i + 1) * bs
+            if self.world > 1:  # this rank's part of the global batch
+                _, lo, hi = self._part(i)
+                a, b = a + lo, a + hi
             if self.shuffle:
-                idx = order[i * bs : (i + 1) * bs]
+                idx = order[a:b]
                 xb, yb = self.x[idx], self.y[idx]
             else:
-                xb, yb = self.x[i * bs : (i + 1) * bs], self.y[i * bs : (i + 1) * bs]
+                xb, yb = self.x[a:b], self.y[a:b]
             if not self.resident:
                 xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+            if self.shift:
+                xb = random_shift(xb, self.shift, self.channels_last)
             yield xb, yb
+
+
+def random_shift(x: torch.Tensor, pixels: int, channels_last: bool = False) -> torch.Tensor:
+    """Translate each image of an (N, C, H, W) batch by its own random offset of up to `pixels`
+    rows and columns (edges repeated), where the batch is (the GPU too), from torch's RNG there."""
+    n, c, h, w = x.shape
+    dev = x.device
+    d = torch.randint(-pixels, pixels + 1, (2, n, 1), device=dev)
+    rows = (torch.arange(h, device=dev) + d[0]).clamp_(0, h - 1)  # (N, H)
+    cols = (torch.arange(w, device=dev) + d[1]).clamp_(0, w - 1)  # (N, W)
+    out = x[torch.arange(n, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out

@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import signal
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,9 @@ from torch import nn
 
 from dltrain.config import TrainerConfig
 from dltrain.engine.checkpoint import LoopState, StopSignals, TrainingInterrupted, _task_state, load_task_state
+from dltrain.engine import distributed
 from dltrain.engine.device import autocast
+from dltrain.engine.distributed import Ranks
 from dltrain.engine.loader import TensorLoader
 from dltrain.engine.loggers import Logger
 from dltrain.engine.progress import ProgressDisplay, format_row
@@ -32,11 +35,12 @@ log = logging.getLogger("dltrain")
 class FitResult:
     epochs: int
     steps: int
-    train_seconds: float
+    train_seconds: float  # without compile_seconds
     stopped_early: bool
     best: dict[str, float]
     best_state: dict[str, torch.Tensor] | None
     history: list[dict] = field(default_factory=list)
+    compile_seconds: float = 0.0  # trainer.compile: the first training step and first evaluation
 
 
 @dataclass
@@ -92,12 +96,15 @@ def fit(
     on_epoch: Callable[[dict], None] | None = None,
     save_checkpoint: Callable[[LoopState], Path] | None = None,
     start: LoopState | None = None,
+    ranks: Ranks = Ranks(),
 ) -> FitResult:
     """Train `model` for trainer.max_epochs (or until early stopping); return what happened.
 
     `state_of` returns the weights to keep as "best" (the uncompiled module's state dict).
     `save_checkpoint(loop_state)` writes a full checkpoint (every_n_steps, every_n_epochs, on
     SIGINT/SIGTERM); `start` continues from a restored checkpoint exactly where it stopped.
+    With several `ranks`, DDP wraps the training step, each rank trains on its shard of every
+    batch, the training loss is averaged over ranks and only rank 0 writes metrics and plots.
     """
     accumulate = trainer.accumulate
     amp = autocast(device, trainer.precision)
@@ -120,10 +127,17 @@ def fit(
         if patience and bad_epochs >= patience:  # it had stopped early: nothing more to train
             first_epoch, stopped_early = trainer.max_epochs + 1, True
 
-    def forward_loss(x: torch.Tensor, y: torch.Tensor, phase: str) -> torch.Tensor:
+    def forward_loss(x: torch.Tensor, y: torch.Tensor, phase: str, weight: float = 1.0) -> torch.Tensor:
         with amp:
             loss = task.step_loss(model, x, y, phase)
+            if weight != 1.0:  # this rank's share of an unevenly split batch
+                loss = loss * weight
             return loss + penalty() if penalty else loss
+
+    train_step = distributed.wrap(model, forward_loss, ranks, device, len(phases)) if ranks.enabled else forward_loss
+
+    def stop_received() -> int | None:
+        return distributed.agree_signal(stop.received) if ranks.enabled else stop.received
 
     def check_finite(batch: int) -> None:
         """Per-batch losses stay on the device; they are checked here (epoch end, before a
@@ -145,13 +159,16 @@ def fit(
         if weights and not bool(torch.stack([torch.isfinite(v).all() for v in weights]).all()):
             raise UserError(f"training diverged: the weights became non-finite by step {step} (epoch {epoch}); not checkpointed; lower optim.lr or add reg=grad_clip")
         loop = LoopState(
-            epoch=epoch, batch=batch, epoch_done=done, step=step, losses=[] if done else losses[:batch].tolist(), best=best,
-            stop_best=stop_best, bad_epochs=bad_epochs, history=history, train_seconds=elapsed + time.perf_counter() - t_start,
+            epoch=epoch, batch=batch, epoch_done=done, step=step, losses=[] if done else distributed.mean_over_ranks(losses[:batch], ranks).tolist(), best=best,
+            stop_best=stop_best, bad_epochs=bad_epochs, history=history, train_seconds=elapsed + time.perf_counter() - t_start - compile_seconds,
             task=_task_state(task), order=train_loader.order, best_state=best_state,
         )
         return save_checkpoint(loop)
 
     elapsed, t_start = s.train_seconds, time.perf_counter()
+    # trainer.compile: steps with an input shape not seen before (the first, an epoch's last
+    # partial batch) and the first evaluation are where compiling happens; timed apart
+    compile_seconds, compiled_shapes, first_eval = 0.0, set(), trainer.compile
     model.train()
     with StopSignals() as stop:
         for epoch in range(first_epoch, trainer.max_epochs + 1):
@@ -169,6 +186,8 @@ def fit(
                 batches = train_loader.batches()
             epoch_step0 = step - (s.batch if needs_closure else -(-s.batch // accumulate)) if resumed else step
             for i, (x, y) in enumerate(batches, start=s.batch + 1 if resumed else 1):
+                weight = train_loader.weight(i - 1) if ranks.enabled else 1.0
+                t_step, compiling = time.perf_counter(), trainer.compile and x.shape not in compiled_shapes
                 for k, ph in enumerate(phases):
                     opt, scaler = ph.optimizer, ph.scaler
                     for _ in range(ph.repeat):
@@ -176,7 +195,7 @@ def fit(
 
                             def closure() -> torch.Tensor:
                                 opt.zero_grad(set_to_none=True)
-                                loss = forward_loss(x, y, ph.name)
+                                loss = train_step(x, y, ph.name, weight)
                                 loss.backward()
                                 return loss
 
@@ -185,10 +204,12 @@ def fit(
                             continue
                         if (i - 1) % accumulate == 0:  # a new accumulation group (other phases may have left grads)
                             opt.zero_grad(set_to_none=True)
-                        loss = forward_loss(x, y, ph.name)
-                        scaled = loss / accumulate if accumulate > 1 else loss
-                        (scaler.scale(scaled) if scaler else scaled).backward()
-                        if i % accumulate == 0 or i == n_batches:
+                        boundary = i % accumulate == 0 or i == n_batches
+                        with train_step.no_sync() if ranks.enabled and not boundary else contextlib.nullcontext():
+                            loss = train_step(x, y, ph.name, weight)
+                            scaled = loss / accumulate if accumulate > 1 else loss
+                            (scaler.scale(scaled) if scaler else scaled).backward()
+                        if boundary:
                             if nan_skip and not scaler and not _grads_finite(loss, ph.params):
                                 skips = _skipped(skips, max_skips, step, epoch)  # the host sync is the price of nan=skip
                                 opt.zero_grad(set_to_none=True)
@@ -213,12 +234,18 @@ def fit(
                     step += 1
                     if every_steps and step % every_steps == 0:
                         checkpoint(epoch, i, False)
-                    if stop.received is not None:  # Ctrl-C / SIGTERM: stop at this safe point
-                        raise TrainingInterrupted(stop.received, checkpoint(epoch, i, False))
+                    signum = stop_received()
+                    if signum is not None:  # Ctrl-C / SIGTERM: stop at this safe point (every rank at this step)
+                        raise TrainingInterrupted(signum, checkpoint(epoch, i, False))
                     if step == hook_step:
                         _fire(hook)
                 progress.step(epoch, i, lambda: losses[:i, -1].mean().item())
+                if compiling:
+                    compile_seconds += _seconds_since(t_step, device)
+                    compiled_shapes.add(x.shape)
 
+            if ranks.enabled:  # each rank's weighted share: the mean over ranks is the whole batch's loss
+                losses = distributed.mean_over_ranks(losses, ranks)
             check_finite(n_batches)
             train_losses = losses.mean(0).tolist()
             for name, value in zip(loss_names, train_losses):
@@ -229,18 +256,22 @@ def fit(
                     )
             if epoch == kill_eval:
                 _kill_during(val_loader)
+            t_eval = time.perf_counter()
             val = evaluate(model, task, val_loader, device, trainer.precision)
+            if first_eval:
+                compile_seconds, first_eval = compile_seconds + _seconds_since(t_eval, device), False
             row = {"epoch": epoch, "step": step, **dict(zip(loss_names, train_losses)), **{f"val_{k}": v for k, v in val.items()}}
             for ph in phases:
                 ph.schedule.after_epoch(row.get(task.monitor, row.get("val_loss")))
             row["lr"] = phases[-1].optimizer.param_groups[0]["lr"]
-            for warning in task.end_epoch(model, epoch, run.plots):
+            for warning in task.end_epoch(model, epoch, run.plots) if ranks.main else ():
                 warn(warning)
             row["seconds"] = time.perf_counter() - t_epoch
             history.append(row)
-            run.append_metrics(row)
-            for logger in loggers:
-                logger.log_epoch(row)
+            if ranks.main:
+                run.append_metrics(row)
+                for logger in loggers:
+                    logger.log_epoch(row)
             progress.end_epoch(row)
             log.info(format_row(row))
             if on_epoch is not None:  # e.g. a sweep's pruning: may raise to stop this run
@@ -256,8 +287,9 @@ def fit(
                     bad_epochs += 1
                     stopped_early = bad_epochs >= patience
             saved = checkpoint(epoch, n_batches, True) if (every_epochs and epoch % every_epochs == 0) or stopped_early else None
-            if stop.received is not None:
-                raise TrainingInterrupted(stop.received, saved or checkpoint(epoch, n_batches, True))
+            signum = stop_received()
+            if signum is not None:
+                raise TrainingInterrupted(signum, saved or checkpoint(epoch, n_batches, True))
             if stopped_early:
                 log.info("early stopping: %s did not improve for %d epochs", stop_monitor, patience)
                 break
@@ -265,12 +297,19 @@ def fit(
     return FitResult(
         epochs=len(history),
         steps=step,
-        train_seconds=elapsed + time.perf_counter() - t_start,
+        train_seconds=elapsed + time.perf_counter() - t_start - compile_seconds,
         stopped_early=stopped_early,
         best=best,
         best_state=best_state,
         history=history,
+        compile_seconds=compile_seconds,
     )
+
+
+def _seconds_since(t0: float, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
 
 
 def _skipped(skips: int, max_skips: int, step: int, epoch: int) -> int:
@@ -291,6 +330,8 @@ def _test_hook() -> tuple[str, int]:
     """Tests: DLTRAIN_TEST_KILL=WHAT:N, WHAT one of step (SIGKILL after step N), sigint, sigterm,
     sigint2 (two SIGINTs), eval (SIGKILL during epoch N's validation), save (engine/checkpoint.py)."""
     what, _, n = os.environ.get("DLTRAIN_TEST_KILL", "").partition(":")
+    if os.environ.get("DLTRAIN_TEST_KILL_RANK", os.environ.get("RANK", "0")) != os.environ.get("RANK", "0"):
+        return "", -1  # DDP tests: DLTRAIN_TEST_KILL_RANK=K fires in rank K only
     return (what, int(n)) if what in ("step", "sigint", "sigterm", "sigint2", "eval") else ("", -1)
 
 

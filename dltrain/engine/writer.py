@@ -87,6 +87,13 @@ class SyncWriter(Writer):
         write_checkpoint(self.root, name, snap, self.config_yaml, self.keep_last)
 
 
+class RankWriter(Writer):
+    """A data-parallel rank other than 0: rank 0 writes the checkpoints, this one only takes part."""
+
+    def submit(self, name: str, snap: Mapping[str, Any]) -> None:
+        pass
+
+
 class ThreadWriter(Writer):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -291,7 +298,8 @@ def make_writer(kind: str, root: Path, config_yaml: str, keep_last: int, state_b
     """The writer for trainer.checkpoint.writer. `process` needs fork (Linux); where it is missing,
     or the fork or the shared memory is refused, a thread writes. `state_bytes` (the model's
     size; 0 when no checkpoints are planned): start the writer process now, with room for the
-    model, the best weights and an optimizer's state several times over."""
+    model, the best weights and an optimizer's state several times over. `rank`: a data-parallel
+    rank other than 0, which writes nothing."""
     if kind == "process":
         if sys.platform == "linux" and hasattr(os, "fork"):
             try:
@@ -299,4 +307,4 @@ def make_writer(kind: str, root: Path, config_yaml: str, keep_last: int, state_b
             except OSError:
                 pass
         kind = "thread"
-    return {"thread": ThreadWriter, "sync": SyncWriter}[kind](root, config_yaml, keep_last)
+    return {"thread": ThreadWriter, "sync": SyncWriter, "rank": RankWriter}[kind](root, config_yaml, keep_last)
