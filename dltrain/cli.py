@@ -124,7 +124,9 @@ def train_command(argv: list[str]) -> int:
                 from dltrain.sweep import prewarm_workers
 
                 prewarm_workers(overrides)  # launcher=joblib: workers start while the sweep is checked
-            check_command_line(overrides, multirun)
+            checked_every_job = check_command_line(overrides, multirun)
+            if multirun and checked_every_job:
+                _skip_second_check_of_grid_jobs()
             if multirun:
                 argv = argv + resume_dir(overrides)  # sweep.resume=true: back into the earlier sweep's dir
             from dltrain.engine.distributed import under_torchrun
@@ -134,6 +136,15 @@ def train_command(argv: list[str]) -> int:
     except UserError as e:
         return fail(str(e))
     return _run_hydra(argv)
+
+
+def _skip_second_check_of_grid_jobs() -> None:
+    """Hydra's basic (grid) sweeper composes every job once more in this process before
+    launching it, to validate it: about 0.25 s a job, all before the first job starts.
+    check_command_line has just composed and validated every one of them, so skip that pass."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    BasicSweeper.validate_batch_is_legal = lambda self, batch: None
 
 
 def join_ranks(argv: list[str], overrides: list[str], multirun: bool) -> list[str]:
@@ -224,7 +235,26 @@ def _run_hydra(argv: list[str]) -> int:
 
     sys.argv = [sys.argv[0], *argv]
     hydra_entry()
+    if "-m" in argv or "--multirun" in argv:
+        _exit_after_sweep()
     return 0
+
+
+def _exit_after_sweep() -> None:
+    """Every result of the sweep is written: exit now. At interpreter exit, joblib's executor
+    waits for its idle worker processes and torch tears down, together about a second."""
+    import logging
+    import os
+    import signal
+
+    loky = sys.modules.get("joblib.externals.loky.reusable_executor")
+    executor = getattr(loky, "_executor", None) if loky else None
+    for process in list((getattr(executor, "_processes", None) or {}).values()):
+        os.kill(process.pid, signal.SIGKILL)  # idle: the sweep has collected every result
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _train_job(cfg) -> float | None:

@@ -111,8 +111,10 @@ def compose_checked(overrides: list[str]) -> Any:
         raise UserError(f"cannot compose the config: {str(e).splitlines()[0]}") from None
 
 
-def check_command_line(overrides: list[str], multirun: bool) -> None:
-    """Validate every job the command line describes (every combination of a sweep)."""
+def check_command_line(overrides: list[str], multirun: bool) -> bool:
+    """Validate every job the command line describes (every combination of a sweep); return
+    whether every job was composed and validated (not so for an Optuna search, or a grid of more
+    than MAX_CHECKED_COMBINATIONS)."""
     from dltrain.config import validate
 
     own = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
@@ -120,12 +122,12 @@ def check_command_line(overrides: list[str], multirun: bool) -> None:
     _check_choices(parsed, groups())
     if not multirun:
         validate(compose_checked(own))
-        return
+        return True
     from dltrain.sweep import jobs_to_check
 
     # a grid: every combination (too many: each swept value with the others at their first value);
     # an Optuna search: every choice and both ends of every range of its search space
-    jobs = jobs_to_check(overrides, parsed, MAX_CHECKED_COMBINATIONS)
+    jobs, every_job = jobs_to_check(overrides, parsed, MAX_CHECKED_COMBINATIONS)
     bases: dict[tuple[str, ...], Any] = {}
     choices = groups()
     for job in jobs:
@@ -133,6 +135,7 @@ def check_command_line(overrides: list[str], multirun: bool) -> None:
             validate(_compose_sharing(job, choices, bases))
         except UserError as e:
             raise UserError(f"{e} (in sweep job: {' '.join(job)})") from None
+    return every_job
 
 
 def _compose_sharing(job: list[str], choices: Mapping[str, list[str]], bases: dict[tuple[str, ...], Any]) -> Any:

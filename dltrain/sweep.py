@@ -54,8 +54,9 @@ def check_sweep(sweep, task_cls):
 # ---- before a sweep: the jobs to validate ------------------------------------------------------
 
 
-def jobs_to_check(overrides: Sequence[str], parsed: Sequence, max_combinations: int) -> list[list[str]]:
-    """Every job a sweep command line describes, for validation before the first one runs.
+def jobs_to_check(overrides: Sequence[str], parsed: Sequence, max_combinations: int) -> tuple[list[list[str]], bool]:
+    """The jobs a sweep command line describes, for validation before the first one runs, and
+    whether they are all of its jobs.
 
     A grid sweep: every combination (or, beyond `max_combinations`, every value of each swept
     key with the others at their first value). An Optuna search: every categorical choice and
@@ -69,7 +70,7 @@ def jobs_to_check(overrides: Sequence[str], parsed: Sequence, max_combinations: 
         fixed, space = search_space(sweeper.get("params"), own)
         if not space:
             raise UserError("an Optuna search needs a search space: hydra.sweeper.params in the preset, or KEY=choice(...)/interval(...) on the command line")
-        return probe_jobs(fixed, space)
+        return probe_jobs(fixed, space), False
 
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
@@ -79,9 +80,9 @@ def jobs_to_check(overrides: Sequence[str], parsed: Sequence, max_combinations: 
     sweeps = [o for o in parsed if o.is_sweep_override()]
     total = math.prod(len(list(o.sweep_string_iterator())) for o in sweeps)
     if total <= max_combinations:
-        return BasicSweeper.split_arguments(list(parsed), None)[0]
+        return BasicSweeper.split_arguments(list(parsed), None)[0], True
     first = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else o.input_line for o in parsed]
-    return [first[:i] + [f"{o.get_key_element()}={v}"] + first[i + 1 :] for i, o in enumerate(parsed) if o.is_sweep_override() for v in o.sweep_string_iterator()]
+    return [first[:i] + [f"{o.get_key_element()}={v}"] + first[i + 1 :] for i, o in enumerate(parsed) if o.is_sweep_override() for v in o.sweep_string_iterator()], False
 
 
 def _sweeper_config(overrides: Sequence[str], parsed: Sequence) -> dict:
@@ -158,10 +159,17 @@ def prewarm_workers(overrides: Sequence[str]) -> None:
 
 
 def _warm_worker() -> None:
-    """What every job imports: torch, the models, the datasets (scikit-learn), the plots."""
+    """What every job imports and first does: torch, the models, the datasets and scikit-learn
+    (imported when data is built), the plots; one tiny optimizer step (autograd's first use)."""
+    import sklearn.datasets  # noqa: F401
+    import sklearn.model_selection  # noqa: F401
+    import torch
+
     import dltrain.data.tabular  # noqa: F401
     import dltrain.train  # noqa: F401
 
+    layer = torch.nn.Linear(8, 2)
+    torch.optim.Adam(layer.parameters()).step(lambda: layer(torch.ones(4, 8)).sum().backward())
     _import_plotting()
 
 
