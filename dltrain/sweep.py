@@ -306,7 +306,6 @@ def _limit_threads(hc) -> None:
     import torch
 
     torch.set_num_threads(max(1, threads))
-    os.environ["OMP_NUM_THREADS"] = str(max(1, threads))  # what engine.device.set_threads reads
     log.info("torch threads: %d (%d cores, launcher n_jobs=%s, cpus_per_task=%s)", max(1, threads), cpus, n_jobs, per_task)
 
 

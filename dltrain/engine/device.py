@@ -52,13 +52,14 @@ def usable_cpus() -> int:
 
 
 def set_threads(device: torch.device, threads: int, local_ranks: int = 1) -> int:
-    """Intra-op threads for CPU work: `threads` if set; else the usable cores shared among the
-    ranks on this machine, unless OMP_NUM_THREADS says otherwise (a sweep launcher sets it per
-    job). More threads than cores makes small steps many times slower. Returns the count."""
+    """Intra-op threads for CPU work: `threads` if set; else at most the usable cores shared among
+    the ranks on this machine (never more than already set: a sweep launcher, OMP_NUM_THREADS or
+    the caller may have chosen fewer). More threads than cores makes small steps many times
+    slower: torch's default counts the machine's cores, not a container's quota. Returns the count."""
     if threads:
         torch.set_num_threads(threads)
-    elif device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, usable_cpus() // max(1, local_ranks)))
+    elif device.type == "cpu":
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), usable_cpus() // max(1, local_ranks))))
     return torch.get_num_threads()
 
 

@@ -222,7 +222,7 @@ def set_rank_rng(states: Sequence[torch.Tensor] | None, ranks: Ranks) -> None:
 def launch(devices: int, trainer, config_yaml: str, run_dir: Path) -> dict[str, Any]:
     """Train with `devices` ranks on this machine through torchrun's launcher; return the summary.
 
-    Each rank gets the resolved config (a file beside nothing else) and the run directory. The
+    Each rank gets the resolved config (in a temporary file) and the run directory. The
     launcher forwards SIGINT/SIGTERM to the ranks (they checkpoint at the next safe step) and, if
     a rank dies, stops the others at once.
     """
@@ -267,8 +267,13 @@ def _failure(e, run_dir: Path) -> RanksFailed:
     """The exit code and message for the first rank that failed."""
     import signal
 
-    # the rank that died first (a killed rank before the ones that then lost it)
-    rank, failure = min(e.failures.items(), key=lambda kv: (kv[1].exitcode >= 0, kv[1].timestamp, kv[0]))
+    # the rank that died first: one killed from outside before those the launcher then stopped
+    # (SIGTERM) or that lost it (an error exit), then the earliest
+    def first(kv):
+        code = kv[1].exitcode
+        return (0 if code < 0 and -code != signal.SIGTERM else 1 if code < 0 else 2, kv[1].timestamp, kv[0])
+
+    rank, failure = min(e.failures.items(), key=first)
     code = failure.exitcode
     if code < 0:  # killed by a signal
         name = signal.Signals(-code).name

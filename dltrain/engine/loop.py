@@ -29,6 +29,7 @@ from dltrain.errors import UserError
 from dltrain.optim import Schedule
 
 log = logging.getLogger("dltrain")
+_NO_CONTEXT = contextlib.nullcontext()  # reusable
 
 
 @dataclass
@@ -187,7 +188,8 @@ def fit(
             epoch_step0 = step - (s.batch if needs_closure else -(-s.batch // accumulate)) if resumed else step
             for i, (x, y) in enumerate(batches, start=s.batch + 1 if resumed else 1):
                 weight = train_loader.weight(i - 1) if ranks.enabled else 1.0
-                t_step, compiling = time.perf_counter(), trainer.compile and x.shape not in compiled_shapes
+                compiling = trainer.compile and x.shape not in compiled_shapes
+                t_step = time.perf_counter() if compiling else 0.0
                 for k, ph in enumerate(phases):
                     opt, scaler = ph.optimizer, ph.scaler
                     for _ in range(ph.repeat):
@@ -205,7 +207,7 @@ def fit(
                         if (i - 1) % accumulate == 0:  # a new accumulation group (other phases may have left grads)
                             opt.zero_grad(set_to_none=True)
                         boundary = i % accumulate == 0 or i == n_batches
-                        with train_step.no_sync() if ranks.enabled and not boundary else contextlib.nullcontext():
+                        with train_step.no_sync() if ranks.enabled and not boundary else _NO_CONTEXT:
                             loss = train_step(x, y, ph.name, weight)
                             scaled = loss / accumulate if accumulate > 1 else loss
                             (scaler.scale(scaled) if scaler else scaled).backward()
