@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from dltrain.engine.distributed import Ranks
@@ -88,9 +90,7 @@ def test_two_ranks_with_global_batch_b_match_one_process_with_batch_b(tmp_path):
 
 
 def _rows(run: Path) -> list[dict]:
-    import csv
-
-    return list(csv.DictReader((run / "metrics.csv").open()))
+    return _rows_of(run / "metrics.csv")
 
 
 def test_bad_distributed_settings_are_one_line_before_any_rank_starts(tmp_path):
@@ -194,8 +194,6 @@ def test_sweep_jobs_run_as_ranks_through_trainer_devices_and_through_submitit_ta
 
 
 def _rows_of(path: Path) -> list[dict]:
-    import csv
-
     return list(csv.DictReader(path.open()))
 
 
@@ -224,3 +222,18 @@ def test_random_shift_moves_each_image_by_its_own_offset_within_the_limit():
 def test_data_shift_is_for_images_only(tmp_path):
     assert_one_line_exit_2(_r(cli("data=iris", "data.shift=1")), "data.shift")
     assert_one_line_exit_2(_r(cli("data.shift=-1")), "data.shift=-1")
+
+
+@pytest.mark.slow
+def test_an_optuna_trial_is_asked_once_and_its_ranks_train_with_its_values(tmp_path):
+    sweep = tmp_path / "optuna"
+    done = cli("-m", "hparams_search=mlp_digits", "hydra.sweeper.n_trials=2", "trainer.max_epochs=2", "trainer.devices=2", "trainer.progress=none", f"hydra.sweep.dir={sweep}")
+    assert done.returncode == 0, done.stderr
+    rows = _rows_of(sweep / "sweep.csv")
+    assert len(rows) == 2 and all(r["status"] == "completed" for r in rows)
+    for r in rows:  # the values the sweep recorded are the ones the ranks trained with
+        run = Path(r["run_dir"])
+        assert summary(run)["ranks"] == 2
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert config["optim"]["lr"] == pytest.approx(float(r["optim.lr"]), rel=1e-5)
+        assert config["optim"]["name"] == r["optim"] and config["trainer"]["devices"] == 2
