@@ -119,7 +119,7 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
         drop_last=rest == 1 or 0 < rest < ranks.world,  # a batch of one breaks batch norm; every rank needs a sample
         shard=(ranks.rank, ranks.world), shift=spec.shift, **loader_args,
     )
-    val_loader = TensorLoader(val_split.x, val_split.y, trainer.eval_batch_size, limit_batches=trainer.limit_val_batches, **loader_args)
+    val_loader = TensorLoader(val_split.x, val_split.y, trainer.eval_batch_size, limit_batches=trainer.limit_val_batches, shard=(ranks.rank, ranks.world), **loader_args)
     test_loader = TensorLoader(data.test.x, data.test.y, trainer.eval_batch_size, limit_batches=trainer.limit_val_batches, **loader_args)
     steps_per_epoch = len(train_loader) if needs_closure else math.ceil(len(train_loader) / trainer.accumulate)
     phases = [build_phase(spec, task, model, name, steps_per_epoch) for name in task.phases]

@@ -12,8 +12,9 @@ Two ways in, one way of training:
 Every rank builds the same model, reads the same seeded permutation of the data and trains on
 its shard of each global batch (`TensorLoader(shard=...)`); DDP averages the gradients; each
 rank's loss is weighted by its share of the batch, so the update is the single-process update
-of the whole batch. Validation runs on every rank (identical weights, identical metrics) and the
-training loss is averaged over ranks before it is logged. Only rank 0 writes the run directory
+of the whole batch. Each rank validates its shard of the validation set, the metric sums are
+added up over ranks and rank 0's metrics are broadcast, so every rank takes the same early-stop
+and best-checkpoint decisions; the training loss is averaged over ranks before it is logged. Only rank 0 writes the run directory
 and checkpoints; a checkpoint holds every rank's RNG state and is taken at a collective, so all
 ranks checkpoint the same step and every rank can resume from it.
 """
@@ -185,6 +186,24 @@ def mean_over_ranks(t: torch.Tensor, ranks: Ranks) -> torch.Tensor:
     out = t.clone()
     dist.all_reduce(out)
     return out.div_(ranks.world)
+
+
+def sum_over_ranks_(t: torch.Tensor) -> None:
+    """Add `t` up over all ranks, in place."""
+    import torch.distributed as dist
+
+    dist.all_reduce(t)
+
+
+def from_rank_0(value: Any, ranks: Ranks) -> Any:
+    """Rank 0's `value` (a small picklable object) on every rank; `value` itself with one rank."""
+    if not ranks.enabled:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def gather_rng(ranks: Ranks) -> list[torch.Tensor] | None:

@@ -85,6 +85,8 @@ class TensorLoader:
             a, b = i * bs, (i + 1) * bs
             if self.world > 1:  # this rank's part of the global batch
                 _, lo, hi = self._part(i)
+                if hi == lo:  # a batch smaller than the world (evaluation only: training drops it)
+                    continue
                 a, b = a + lo, a + hi
             if self.shuffle:
                 idx = order[a:b]

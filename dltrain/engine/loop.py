@@ -60,17 +60,23 @@ class Phase:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, task, loader: TensorLoader, device: torch.device, precision: str, split: str = "val") -> dict[str, float]:
-    """The task's metrics over every batch of `loader` (one host sync at the end)."""
+def evaluate(model: nn.Module, task, loader: TensorLoader, device: torch.device, precision: str, split: str = "val", ranks: Ranks = Ranks()) -> dict[str, float]:
+    """The task's metrics over every batch of `loader` (one host sync at the end).
+
+    With several ranks, each evaluates its shard of the loader and the task's state (sums) is
+    added up over ranks; rank 0's metrics are then everyone's, so that early stopping and best
+    checkpoints decide alike on every rank (a GAN's sample metrics draw per-rank noise)."""
     was_training = model.training
     model.eval()
     state = task.new_state(device)
     with autocast(device, precision):
         for x, y in loader:
             task.update(state, model, x, y)
-    metrics = task.compute(state)
+    if ranks.enabled:
+        distributed.sum_over_ranks_(state)
+    metrics = task.finish_evaluation(model, task.compute(state), split)
     model.train(was_training)
-    return task.finish_evaluation(model, metrics, split)
+    return distributed.from_rank_0(metrics, ranks)
 
 
 def _better(value: float, best: float, mode: str, min_delta: float = 0.0) -> bool:
@@ -259,7 +265,7 @@ def fit(
             if epoch == kill_eval:
                 _kill_during(val_loader)
             t_eval = time.perf_counter()
-            val = evaluate(model, task, val_loader, device, trainer.precision)
+            val = evaluate(model, task, val_loader, device, trainer.precision, ranks=ranks)
             if first_eval:
                 compile_seconds, first_eval = compile_seconds + _seconds_since(t_eval, device), False
             row = {"epoch": epoch, "step": step, **dict(zip(loss_names, train_losses)), **{f"val_{k}": v for k, v in val.items()}}
