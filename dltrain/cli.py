@@ -338,7 +338,7 @@ def print_summary(console, summary: dict, run_dir: str) -> None:
         table.add_row("compile seconds", f"{summary['compile_seconds']:.2f}")
     table.add_row("device", summary["device"] + (f" x {summary['ranks']} ranks" if summary.get("ranks", 1) > 1 else ""))
     console.print(table)
-    console.print(f"run directory: [bold]{run_dir}[/]", highlight=False)
+    console.print(f"run directory: [bold]{run_dir}[/]", highlight=False, soft_wrap=True)  # one line, to copy
 
 
 def verb_options(argv: Sequence[str], cls: type, verb: str, positional: Sequence[str] = ()):

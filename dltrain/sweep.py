@@ -253,7 +253,7 @@ def run_job(cfg, hc, console) -> float | None:
         if type(e).__name__ == "TrainingInterrupted" or getattr(e, "code", 0) in (130, 143):  # SIGINT/SIGTERM (also of a job's ranks): stop the whole sweep
             record.update(status="interrupted", reason=str(e), seconds=round(time.perf_counter() - start, 3))
             write_job(run_dir, record)
-            console.print(f"job {hc.job.num}: {e}; rerun the sweep command with sweep.resume=true to continue it", highlight=False)
+            console.print(f"job {hc.job.num}: {e}; rerun the sweep command with sweep.resume=true to continue it", highlight=False, soft_wrap=True)
             raise SystemExit(getattr(e, "code", 130)) from None
         if type(e).__name__ == "TrialPruned":
             pruned = e

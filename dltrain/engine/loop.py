@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import signal
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from dltrain.config import TrainerConfig
-from dltrain.engine.checkpoint import LoopState, StopSignals, TrainingInterrupted, _task_state, load_task_state
 from dltrain.engine import distributed
+from dltrain.engine.checkpoint import LoopState, StopSignals, TrainingInterrupted, _task_state, load_task_state
 from dltrain.engine.device import autocast
 from dltrain.engine.distributed import Ranks
 from dltrain.engine.loader import TensorLoader
@@ -41,7 +41,7 @@ class FitResult:
     best: dict[str, float]
     best_state: dict[str, torch.Tensor] | None
     history: list[dict] = field(default_factory=list)
-    compile_seconds: float = 0.0  # trainer.compile: the first training step and first evaluation
+    compile_seconds: float = 0.0  # trainer.compile: the steps with a new input shape and the first evaluation
 
 
 @dataclass
