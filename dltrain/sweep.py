@@ -224,13 +224,12 @@ def run_job(cfg, hc, console) -> float | None:
 
     from dltrain.engine import distributed
 
+    _limit_threads(hc)
     ranks = distributed.join_submitit_tasks(cfg)  # launcher=slurm with several tasks: each is a rank
     if not ranks.main:  # rank 0 keeps the job's record and returns its objective
-        _limit_threads(hc)
         _train(cfg, run_dir, console, None)
         distributed.leave()
         return None
-    _limit_threads(hc)
     start = time.perf_counter()
     write_job(run_dir, record)
     pruned = None

@@ -118,12 +118,16 @@ def join_submitit_tasks(cfg) -> Ranks:
 
 
 def agree_run_dir(default: str) -> str:
-    """Rank 0's run directory, for every rank (ranks started by torchrun each ran Hydra's clock)."""
+    """Rank 0's run directory, for every rank (ranks started by torchrun each ran Hydra's clock).
+    Sent as UTF-8 bytes in tensors: nothing that crosses between ranks is unpickled."""
     import torch.distributed as dist
 
-    box = [default]
-    dist.broadcast_object_list(box, src=0)
-    return str(box[0])
+    mine = torch.frombuffer(bytearray(default.encode()), dtype=torch.uint8)
+    size = torch.tensor([mine.numel()], dtype=torch.int64)
+    dist.broadcast(size, src=0)
+    data = mine if dist.get_rank() == 0 else torch.empty(int(size), dtype=torch.uint8)
+    dist.broadcast(data, src=0)
+    return bytes(data.tolist()).decode()
 
 
 def leave() -> None:
@@ -195,15 +199,16 @@ def sum_over_ranks_(t: torch.Tensor) -> None:
     dist.all_reduce(t)
 
 
-def from_rank_0(value: Any, ranks: Ranks) -> Any:
-    """Rank 0's `value` (a small picklable object) on every rank; `value` itself with one rank."""
+def from_rank_0(metrics: dict[str, float], ranks: Ranks) -> dict[str, float]:
+    """Rank 0's metrics on every rank (the same names everywhere: the same task computed them).
+    Sent as one float64 tensor, nothing pickled; rank 0 keeps its own dict as it is."""
     if not ranks.enabled:
-        return value
+        return metrics
     import torch.distributed as dist
 
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    values = torch.tensor([float(v) for v in metrics.values()], dtype=torch.float64)
+    dist.broadcast(values, src=0)
+    return metrics if ranks.main else dict(zip(metrics, values.tolist()))
 
 
 def gather_rng(ranks: Ranks) -> list[torch.Tensor] | None:

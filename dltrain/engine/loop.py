@@ -175,7 +175,8 @@ def fit(
     elapsed, t_start = s.train_seconds, time.perf_counter()
     # trainer.compile: steps with an input shape not seen before (the first, an epoch's last
     # partial batch) and the first evaluation are where compiling happens; timed apart
-    compile_seconds, compiled_shapes, first_eval = 0.0, set(), trainer.compile
+    compile_on = trainer.compile
+    compile_seconds, compiled_shapes, first_eval = 0.0, set(), compile_on
     model.train()
     with StopSignals() as stop:
         for epoch in range(first_epoch, trainer.max_epochs + 1):
@@ -194,7 +195,7 @@ def fit(
             epoch_step0 = step - (s.batch if needs_closure else -(-s.batch // accumulate)) if resumed else step
             for i, (x, y) in enumerate(batches, start=s.batch + 1 if resumed else 1):
                 weight = train_loader.weight(i - 1) if ranks.enabled else 1.0
-                compiling = trainer.compile and x.shape not in compiled_shapes
+                compiling = compile_on and x.shape not in compiled_shapes
                 t_step = time.perf_counter() if compiling else 0.0
                 for k, ph in enumerate(phases):
                     opt, scaler = ph.optimizer, ph.scaler
