@@ -6,8 +6,8 @@ interleaved round by round. Prints the median time of each and their ratio (targ
 
 With --checkpoint-every-n-steps N it also times dltrain writing a full checkpoint every N
 optimizer steps (trainer.checkpoint.writer, default process) and prints its ratio to dltrain
-without checkpoints (target <= 1.05 for N=50: 820 steps of about 1 ms, so 16 checkpoints of
-1.4 MB, each fsynced, in under a second of training), plus the save time and size.
+without checkpoints (target <= 1.05 for N=50: 760 steps of about 1 ms, so 15 checkpoints of
+1.4 MB, every file fsynced, in under a second of training), plus the save time and size.
 
     python benchmarks/engine_overhead.py [--epochs 20] [--rounds 5] [--threads T] [--check]
                                          [--checkpoint-every-n-steps 50 [--writer process]]

@@ -146,12 +146,12 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
     writer = make_writer(trainer.checkpoint.writer if main else "rank", run.checkpoints, config_text, trainer.checkpoint.keep_last, state_bytes)
     config_sha256 = config_hash(plain)
 
-    def save_checkpoint(loop: LoopState) -> Path:
-        """Copy the state now; the writer serializes, fsyncs and commits it while training goes on.
+    def save_checkpoint(loop: LoopState, model_state) -> Path:
+        """Copy the state now; the writer hashes, fsyncs and commits it while training goes on.
         With several ranks, every rank's RNG state is gathered first (all ranks are at this step)."""
         name = f"step-{loop.step:08d}"
         loop.rank_rng = distributed.gather_rng(ranks)
-        writer.submit(name, snapshot(loop, model.state_dict(), phases, generator, config_sha256))
+        writer.submit(name, snapshot(loop, model_state, phases, generator, config_sha256))
         return run.checkpoints / name
 
     loggers = [LOGGERS.build(spec.logger, key="logger", run_dir=run.path)] if main else []

@@ -105,7 +105,7 @@ def test_a_writer_process_that_died_is_a_clear_error(tmp_path):
 
     writer = ProcessWriter(tmp_path, "a: 1\n", 2, capacity=1 << 20)
     os.kill(writer._pid, signal.SIGKILL)
-    snap = {"model": {"w": torch.ones(3)}, "best": None, "meta": {"epoch": 1, "step": 1, "best_epoch": 0}, "blob": {}, "state_json": b"{}"}
+    snap = {"model": {"w": torch.ones(3)}, "best": None, "meta": {"epoch": 1, "step": 1, "best_epoch": 0}, "state": {}, "state_json": b"{}"}
     writer.submit("step-00000001", snap)
     with pytest.raises(ck.CheckpointError, match=r"writer process died .* previous checkpoints are intact"):
         writer.wait()
@@ -123,11 +123,12 @@ def test_the_writer_process_writes_what_was_staged_and_exits_with_its_trainer(tm
     first = writer._pid
     for step, n in [(1, 10), (2, 10), (3, 1 << 19)]:  # the third does not fit 1 MiB
         weights = {"w": torch.randn(n), "i": torch.arange(5, dtype=torch.int64), "h": torch.randn(2, 3).half(), "e": torch.empty(0, 4)}
-        writer.submit(f"step-{step:08d}", {"model": weights, "best": None, "meta": {"epoch": 1, "step": step, "best_epoch": 0}, "blob": {"x": torch.tensor([step])}, "state_json": b"{}"})
+        writer.submit(f"step-{step:08d}", {"model": weights, "best": None, "meta": {"epoch": 1, "step": step, "best_epoch": 0}, "state": {"x": torch.tensor([step])}, "state_json": b"{}"})
         writer.wait()
         back = load_file(tmp_path / f"step-{step:08d}" / "model.safetensors")
         assert all(torch.equal(back[k], v) for k, v in weights.items())
-        assert torch.load(tmp_path / f"step-{step:08d}" / "state.pt", weights_only=True)["x"].item() == step
+        assert load_file(tmp_path / f"step-{step:08d}" / "state.safetensors")["x"].item() == step
+        ck.verify(tmp_path / f"step-{step:08d}")
     assert writer._pid != first  # restarted with a bigger buffer
     pid = writer._pid
     writer.close()
@@ -157,7 +158,7 @@ def test_checkpoint_layout_manifest_and_keep_last(run_train, tmp_path):
     assert names == ["step-00000008", "step-00000010"]  # keep_last=2 by default
     d = tmp_path / "r" / "checkpoints" / names[-1]
     manifest = json.loads((d / "MANIFEST.json").read_text())
-    assert set(manifest["files"]) == {"model.safetensors", "best.safetensors", "state.pt", "state.json", "config.yaml"}
+    assert set(manifest["files"]) == {"model.safetensors", "best.safetensors", "state.safetensors", "state.json", "config.yaml"}
     state = json.loads((d / "state.json").read_text())
     assert state["epoch"] == 2 and state["epoch_done"] and state["step"] == 10 and state["config_sha256"]
     assert (tmp_path / "r" / "checkpoints" / "last.safetensors").is_file() and (tmp_path / "r" / "checkpoints" / "best.safetensors").is_file()
@@ -292,7 +293,7 @@ def damage(d: Path, how: str) -> None:
         p = d / "model.safetensors"
         p.write_bytes(p.read_bytes()[:100])
     elif how == "bitflip":
-        p = d / "state.pt"
+        p = d / "state.safetensors"
         b = bytearray(p.read_bytes())
         b[len(b) // 2] ^= 0x01
         p.write_bytes(bytes(b))
@@ -335,13 +336,17 @@ def test_malicious_pickle_is_refused_by_resume_and_every_loading_verb(run_train,
     marker = tmp_path / "pwned"
     payload = pickle.dumps({"phases": Evil(marker)}, protocol=2)
     d = ck.checkpoints(tmp_path / "run" / "checkpoints")[0]
-    # with a manifest that matches it (an attacker can write both), so the pickle itself is what is refused
-    (d / "state.pt").write_bytes(payload)
-    manifest = json.loads((d / "MANIFEST.json").read_text())
-    manifest["files"]["state.pt"] = {"size": len(payload), "sha256": __import__("hashlib").sha256(payload).hexdigest()}
-    (d / "MANIFEST.json").write_text(json.dumps(manifest))
-    with pytest.raises(UserError, match="refused"):
-        run_train(tmp_path / "run", *MODELS["mlp"], *TINY, f"trainer.resume={tmp_path / 'run'}")
+    # with a manifest that matches it (an attacker can write both), so the pickle itself is what is refused:
+    # in place of today's state.safetensors, and as the state.pt of a format-1 checkpoint (which torch.load reads)
+    for fmt, fname in [(2, "state.safetensors"), (1, "state.pt")]:
+        manifest = json.loads((d / "MANIFEST.json").read_text())
+        manifest["format"] = fmt
+        manifest["files"].pop("state.safetensors", None)
+        (d / fname).write_bytes(payload)
+        manifest["files"][fname] = {"size": len(payload), "sha256": __import__("hashlib").sha256(payload).hexdigest()}
+        (d / "MANIFEST.json").write_text(json.dumps(manifest))
+        with pytest.raises(UserError, match="refused" if fmt == 1 else "state.safetensors"):
+            run_train(tmp_path / "run", *MODELS["mlp"], *TINY, f"trainer.resume={tmp_path / 'run'}")
     # the model-weights files that the analysis verbs read
     for name in ("best", "last"):
         (tmp_path / "run" / "checkpoints" / f"{name}.safetensors").unlink()
@@ -422,24 +427,19 @@ def test_fp16_resume_is_exact_and_scaler_skipped_steps_do_not_advance_the_schedu
     fp16 = ("trainer.precision=16", "trainer.device=cpu")
     nan_at({5})  # the grad scaler sees non-finite gradients and skips that update
     full = run_train(tmp_path / "full", *MODELS["mlp"], *TINY, *fp16, "trainer.nan=skip")
-    blob = torch.load(tmp_path / "full" / "checkpoints" / "step-00000021" / "state.pt", weights_only=True)["phases"]["main"]
+    d = tmp_path / "full" / "checkpoints" / "step-00000021"
+    blob = ck.decode(d, ck.verify(d))[2]["phases"]["main"]
     assert blob["scheduler"]["last_epoch"] == int(blob["optimizer"]["state"][0]["step"]) == 20  # 21 steps, one skipped
     run = crash_after(tmp_path / "full", tmp_path / "run", 9)
     assert run_train(run, *MODELS["mlp"], *TINY, *fp16, "trainer.nan=skip", f"trainer.resume={run}")["weights_sha256"] == full["weights_sha256"]
 
 
-@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EACCES])
-def test_full_disk_or_unwritable_dir_is_a_clear_error_and_keeps_the_previous_checkpoint(run_train, tmp_path, monkeypatch, err):
-    original, count = ck._write, {"n": 0}
-
-    def failing(path, data):
-        if path.parent.name.startswith(".tmp-step-00000006"):
-            raise OSError(err, os.strerror(err), str(path))
-        original(path, data)
-
-    monkeypatch.setattr(ck, "_write", failing)
-    with pytest.raises(UserError, match=r"cannot write checkpoint .*step-00000006: " + os.strerror(err)):
-        run_train(tmp_path / "run", *MODELS["mlp"], *TINY)
+@pytest.mark.parametrize("writer", ["process", "thread", "sync"])
+@pytest.mark.parametrize("err", ["ENOSPC", "EACCES"])
+def test_full_disk_or_unwritable_dir_is_a_clear_error_and_keeps_the_previous_checkpoint(run_train, tmp_path, monkeypatch, err, writer):
+    monkeypatch.setenv("DLTRAIN_TEST_WRITE_ERROR", f"{err}:step-00000006")  # the writer process inherits it
+    with pytest.raises(UserError, match=r"cannot write checkpoint .*step-00000006: " + os.strerror(getattr(errno, err))):
+        run_train(tmp_path / "run", *MODELS["mlp"], *TINY, f"trainer.checkpoint.writer={writer}")
     assert steps(tmp_path / "run") == ["step-00000003"]
     ck.verify(tmp_path / "run" / "checkpoints" / "step-00000003")
     assert not list((tmp_path / "run" / "checkpoints").glob(".tmp-*"))

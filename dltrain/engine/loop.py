@@ -8,7 +8,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from torch import nn
 
 from dltrain.config import TrainerConfig
 from dltrain.engine import distributed
-from dltrain.engine.checkpoint import LoopState, StopSignals, TrainingInterrupted, _task_state, load_task_state
+from dltrain.engine.checkpoint import LoopState, NonFiniteWeights, StopSignals, TrainingInterrupted, _task_state, load_task_state
 from dltrain.engine.device import autocast
 from dltrain.engine.distributed import Ranks
 from dltrain.engine.loader import TensorLoader
@@ -101,15 +101,16 @@ def fit(
     state_of: Callable[[], dict[str, torch.Tensor]] | None = None,
     warn: Callable[[str], None] = log.warning,
     on_epoch: Callable[[dict], None] | None = None,
-    save_checkpoint: Callable[[LoopState], Path] | None = None,
+    save_checkpoint: Callable[[LoopState, Mapping[str, torch.Tensor]], Path] | None = None,
     start: LoopState | None = None,
     ranks: Ranks = Ranks(),
 ) -> FitResult:
     """Train `model` for trainer.max_epochs (or until early stopping); return what happened.
 
     `state_of` returns the weights to keep as "best" (the uncompiled module's state dict).
-    `save_checkpoint(loop_state)` writes a full checkpoint (every_n_steps, every_n_epochs, on
-    SIGINT/SIGTERM); `start` continues from a restored checkpoint exactly where it stopped.
+    `save_checkpoint(loop_state, model_state)` writes a full checkpoint (every_n_steps,
+    every_n_epochs, on SIGINT/SIGTERM; NonFiniteWeights if the weights are not finite); `start`
+    continues from a restored checkpoint exactly where it stopped.
     With several `ranks`, DDP wraps the training step, each rank trains on its shard of every
     batch, the training loss is averaged over ranks and only rank 0 writes metrics and plots.
     """
@@ -149,9 +150,12 @@ def fit(
     def check_finite(batch: int) -> None:
         """Per-batch losses stay on the device; they are checked here (epoch end, before a
         checkpoint) so the per-step path has no host sync, and the first bad step is named."""
-        if nan_skip or bool(torch.isfinite(losses[:batch]).all()):
+        if nan_skip or math.isfinite(losses.sum().item()):  # rows past `batch` are zeros; one reduction
             return
-        j = int((~torch.isfinite(losses[:batch])).any(1).nonzero()[0]) + 1  # the first bad batch
+        bad = (~torch.isfinite(losses[:batch])).any(1).nonzero()
+        if not len(bad):  # the sum overflowed: every loss is finite
+            return
+        j = int(bad[0]) + 1  # the first bad batch
         bad_step = epoch_step0 + (j if needs_closure else -(-j // accumulate))
         raise UserError(
             f"training diverged: the loss became non-finite at step {bad_step} (epoch {epoch}, batch {j}); "
@@ -162,15 +166,15 @@ def fit(
         if save_checkpoint is None:
             return None
         check_finite(batch)
-        weights = [v for v in state_of().values() if v.is_floating_point()]
-        if weights and not bool(torch.stack([torch.isfinite(v).all() for v in weights]).all()):
-            raise UserError(f"training diverged: the weights became non-finite by step {step} (epoch {epoch}); not checkpointed; lower optim.lr or add reg=grad_clip")
         loop = LoopState(
-            epoch=epoch, batch=batch, epoch_done=done, step=step, losses=[] if done else distributed.mean_over_ranks(losses[:batch], ranks).tolist(), best=best,
+            epoch=epoch, batch=batch, epoch_done=done, step=step, losses=None if done else distributed.mean_over_ranks(losses, ranks), best=best,
             stop_best=stop_best, bad_epochs=bad_epochs, history=history, train_seconds=elapsed + time.perf_counter() - t_start - compile_seconds,
             task=_task_state(task), order=train_loader.order, best_state=best_state,
         )
-        return save_checkpoint(loop)
+        try:
+            return save_checkpoint(loop, state_of())
+        except NonFiniteWeights:
+            raise UserError(f"training diverged: the weights became non-finite by step {step} (epoch {epoch}); not checkpointed; lower optim.lr or add reg=grad_clip") from None
 
     elapsed, t_start = s.train_seconds, time.perf_counter()
     # trainer.compile: steps with an input shape not seen before (the first, an epoch's last
@@ -188,7 +192,7 @@ def fit(
             if resumed:  # mid-epoch: the same permutation, from the next unseen batch
                 load_task_state(task, s.task)
                 if s.batch:
-                    losses[: s.batch] = torch.tensor(s.losses, dtype=torch.float32, device=device)
+                    losses[: s.batch] = torch.as_tensor(s.losses, dtype=torch.float32)[: s.batch].to(device)
                 batches = train_loader.batches(start=s.batch, order=s.order)
             else:
                 batches = train_loader.batches()

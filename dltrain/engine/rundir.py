@@ -22,10 +22,8 @@ from typing import Any
 
 import torch
 
+from dltrain.engine.atomic import CHECKPOINT_FORMAT
 from dltrain.errors import UserError
-
-# Version of what dltrain writes into checkpoints; readers refuse newer formats.
-CHECKPOINT_FORMAT = 1
 
 
 def atomic_write(path: Path, data: bytes) -> None:
