@@ -190,7 +190,7 @@ def make_storage(url: str | None):
 
 def parallel_jobs(n_jobs: int | None, launcher_cfg: Mapping | None) -> int:
     """Trials to launch at once: n_jobs, else as many as the launcher runs in parallel."""
-    from dltrain.engine.device import usable_cpus
+    from dltrain.engine.cpus import usable_cpus
 
     if n_jobs is None:
         n_jobs = (launcher_cfg or {}).get("n_jobs") or 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,19 @@ MNIST_TEST = REPO.parent / "shared" / "data" / "mnist-test"
 
 # Keep unit tests light on the 2-core CI machine.
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def dltrain_cache(tmp_path_factory):
+    """Datasets and reference nets cached by the tests go to a temporary folder, not ~/.cache
+    (a test that needs a cold or a particular cache sets DLTRAIN_CACHE itself)."""
+    old = os.environ.get("DLTRAIN_CACHE")
+    os.environ["DLTRAIN_CACHE"] = str(tmp_path_factory.mktemp("dltrain-cache"))
+    yield
+    if old is None:
+        os.environ.pop("DLTRAIN_CACHE", None)
+    else:
+        os.environ["DLTRAIN_CACHE"] = old
 
 
 def pytest_collection_modifyitems(config, items):

@@ -233,6 +233,20 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes_with_their_share_of_thr
     assert [r["status"] for r in rows(sweep)] == ["completed", "completed"]
     for job in ("0", "1"):  # n_jobs=-1: one job per core, one torch thread each
         assert "torch threads: 1 " in (sweep / job / "train.log").read_text()
+    assert "leaked" not in result.stderr and "Warning" not in result.stderr  # the exit cleans up after joblib and loky
+
+
+@pytest.mark.slow
+def test_workers_forked_from_the_warm_server_train_exactly_like_one_process(tmp_path):
+    """launcher=joblib's workers come from a forkserver that imported torch and warmed it up: the
+    jobs must not notice. Same metrics, to the last digit, as the same grid run sequentially with
+    one torch thread."""
+    grid = ["-m", "optim=sgd,adam", "model.dropout=0.0,0.3", "trainer.max_epochs=2", "trainer.limit_train_batches=5"]
+    parallel = dltrain(*grid, "launcher=joblib", f"hydra.sweep.dir={tmp_path / 'p'}", cwd=tmp_path)
+    sequential = dltrain(*grid, "trainer.threads=1", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+    assert parallel.returncode == 0 and sequential.returncode == 0, parallel.stderr + sequential.stderr
+    metrics = lambda sweep: {r["job"]: {k: v for k, v in r.items() if k.startswith(("val_", "test_"))} for r in rows(sweep)}  # noqa: E731
+    assert metrics(tmp_path / "p") == metrics(tmp_path / "s") and len(metrics(tmp_path / "p")) == 4
 
 
 @pytest.mark.slow

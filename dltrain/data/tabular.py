@@ -1,7 +1,8 @@
 """scikit-learn's bundled datasets: offline, small, and classic teaching sets.
 
 scikit-learn is imported when a dataset is built, not when the registry is read: checking a
-config (every `dltrain` command, a sweep's parent process) does not pay for its import.
+config (every `dltrain` command, a sweep's parent process) does not pay for its import. A built
+split is cached on disk (data/cache.py), so later runs do not import it at all.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import torch
 
 from dltrain.data import DATASETS
 from dltrain.data.base import DataBundle, Split, classification_bundle, standardize, stratified_split
+from dltrain.data.cache import cached
 from dltrain.schema import Fraction, NonNegativeInt
 
 ValFraction = TestFraction = Fraction
 
 
 @DATASETS.register("digits", kind="image", task="classification")
+@cached("scikit-learn")
 def digits(val_fraction: ValFraction = 0.1, test_fraction: TestFraction = 0.2, split_seed: NonNegativeInt = 0) -> DataBundle:
     """8x8 handwritten digits (1,797 images, 10 classes), bundled with scikit-learn."""
     raw = _load("load_digits")
@@ -47,24 +50,28 @@ def _table(name: str, loader: str, val_fraction: float, test_fraction: float, sp
 
 
 @DATASETS.register("iris", kind="table", task="classification")
+@cached("scikit-learn")
 def iris(val_fraction: ValFraction = 0.1, test_fraction: TestFraction = 0.2, split_seed: NonNegativeInt = 0) -> DataBundle:
     """Fisher's iris: 150 flowers, 4 features, 3 species."""
     return _table("iris", "load_iris", val_fraction, test_fraction, split_seed)
 
 
 @DATASETS.register("wine", kind="table", task="classification")
+@cached("scikit-learn")
 def wine(val_fraction: ValFraction = 0.1, test_fraction: TestFraction = 0.2, split_seed: NonNegativeInt = 0) -> DataBundle:
     """UCI wine recognition: 178 wines, 13 chemical features, 3 cultivars."""
     return _table("wine", "load_wine", val_fraction, test_fraction, split_seed)
 
 
 @DATASETS.register("breast_cancer", kind="table", task="classification")
+@cached("scikit-learn")
 def breast_cancer(val_fraction: ValFraction = 0.1, test_fraction: TestFraction = 0.2, split_seed: NonNegativeInt = 0) -> DataBundle:
     """Wisconsin diagnostic breast cancer: 569 tumours, 30 features, malignant vs benign."""
     return _table("breast_cancer", "load_breast_cancer", val_fraction, test_fraction, split_seed)
 
 
 @DATASETS.register("diabetes", kind="table", task="regression")
+@cached("scikit-learn")
 def diabetes(val_fraction: ValFraction = 0.1, test_fraction: TestFraction = 0.2, split_seed: NonNegativeInt = 0) -> DataBundle:
     """Diabetes progression: 442 patients, 10 features, a disease-progression score (regression)."""
     raw = _load("load_diabetes")

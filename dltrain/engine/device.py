@@ -9,6 +9,7 @@ import random
 import numpy as np
 import torch
 
+from dltrain.engine.cpus import usable_cpus  # noqa: F401  (re-exported)
 from dltrain.errors import ConfigError
 
 
@@ -34,21 +35,6 @@ def configure_backends(device: torch.device, precision: str, deterministic: bool
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def usable_cpus() -> int:
-    """The cores this process may run on: its CPU affinity, capped by a cgroup CPU quota."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    try:
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()
-        if quota != "max":
-            cpus = min(cpus, max(1, -(-int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
-    return cpus
 
 
 def set_threads(device: torch.device, threads: int, local_ranks: int = 1) -> int:
