@@ -127,6 +127,8 @@ def train_command(argv: list[str]) -> int:
             checked_every_job = check_command_line(overrides, multirun)
             if multirun and checked_every_job:
                 _skip_second_check_of_grid_jobs()
+            if multirun and "launcher=joblib" in overrides:
+                _report_dead_workers()
             if multirun:
                 argv = argv + resume_dir(overrides)  # sweep.resume=true: back into the earlier sweep's dir
             from dltrain.engine.distributed import under_torchrun
@@ -145,6 +147,48 @@ def _skip_second_check_of_grid_jobs() -> None:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
     BasicSweeper.validate_batch_is_legal = lambda self, batch: None
+
+
+def _report_dead_workers() -> None:
+    """launcher=joblib: a job that kills its worker process (out of memory, a crash in native code)
+    stops the sweep with loky's TerminatedWorkerError. Say so in one line, after writing the sweep
+    summary of what finished (the dead job shows as incomplete), and exit 1: no traceback."""
+    try:
+        from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
+        from joblib.externals.loky.process_executor import TerminatedWorkerError
+    except ImportError:
+        return
+    if getattr(JoblibLauncher.launch, "reports_dead_workers", False):
+        return
+    launch = JoblibLauncher.launch
+
+    def launch_reporting(self, job_overrides, initial_job_idx):
+        import re
+
+        try:
+            return launch(self, job_overrides, initial_job_idx)
+        except TerminatedWorkerError as e:
+            from rich.console import Console
+
+            from dltrain.errors import UserError
+            from dltrain.sweep import summarize
+
+            sweep_dir = str(self.config.hydra.sweep.dir)
+            try:
+                summarize(sweep_dir, console=Console(stderr=True))
+            except UserError:
+                pass
+            codes = re.search(r"exit codes of the workers are \{([^}]*)\}", str(e))
+            fail(
+                f"a worker process died while running a sweep job ({'exit ' + codes.group(1) if codes else 'killed'}; "
+                f"out of memory, or a crash in native code); the sweep stopped: the jobs that finished are in {sweep_dir}/sweep.csv; "
+                f"rerun the same command with sweep.resume=true to run the rest",
+                1,
+            )
+            _exit_after_sweep(1)
+
+    launch_reporting.reports_dead_workers = True
+    JoblibLauncher.launch = launch_reporting
 
 
 def join_ranks(argv: list[str], overrides: list[str], multirun: bool) -> list[str]:
@@ -240,7 +284,7 @@ def _run_hydra(argv: list[str]) -> int:
     return 0
 
 
-def _exit_after_sweep() -> None:
+def _exit_after_sweep(code: int = 0) -> None:
     """Every result of the sweep is written: exit now. The idle workers are stopped and the exit
     handlers run (joblib's temporary folders, loky's and multiprocessing's semaphores: nothing
     for their resource trackers to warn about), but not the interpreter's own teardown: with
@@ -258,7 +302,7 @@ def _exit_after_sweep() -> None:
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
 
 
 def _train_job(cfg) -> float | None:

@@ -237,6 +237,19 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes_with_their_share_of_thr
 
 
 @pytest.mark.slow
+def test_a_job_that_kills_its_worker_stops_the_sweep_with_one_line_and_a_summary(tmp_path):
+    """A job killed with its process (out of memory, a segfault) cannot record itself: the sweep
+    says so in one line, exit 1, after writing sweep.csv (that job incomplete)."""
+    sweep = tmp_path / "sweep"
+    result = dltrain("-m", "launcher=joblib", "optim=sgd,adam", "trainer=debug", f"hydra.sweep.dir={sweep}", cwd=tmp_path, env={"DLTRAIN_TEST_KILL": "step:1"})
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("dltrain: error: a worker process died") and "SIGKILL" in last and "sweep.resume=true" in last
+    assert "Traceback" not in result.stderr and "leaked" not in result.stderr
+    assert {r["status"] for r in rows(sweep)} == {"incomplete"}
+
+
+@pytest.mark.slow
 def test_workers_forked_from_the_warm_server_train_exactly_like_one_process(tmp_path):
     """launcher=joblib's workers come from a forkserver that imported torch and warmed it up: the
     jobs must not notice. Same metrics, to the last digit, as the same grid run sequentially with
