@@ -190,13 +190,11 @@ def make_storage(url: str | None):
 
 def parallel_jobs(n_jobs: int | None, launcher_cfg: Mapping | None) -> int:
     """Trials to launch at once: n_jobs, else as many as the launcher runs in parallel."""
-    from dltrain.engine.cpus import usable_cpus
+    from dltrain.engine.cpus import jobs_at_once
 
     if n_jobs is None:
         n_jobs = (launcher_cfg or {}).get("n_jobs") or 1
-    if n_jobs < 0:  # joblib's convention: -1 all cores, -2 all but one
-        n_jobs = max(1, usable_cpus() + 1 + n_jobs)
-    return max(1, int(n_jobs))
+    return jobs_at_once(int(n_jobs))
 
 
 def run_search(sweeper, arguments: list[str]) -> list:

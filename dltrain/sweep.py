@@ -154,9 +154,9 @@ def prewarm_workers(overrides: Sequence[str]) -> None:
         try:
             from joblib import Parallel, delayed
 
-            from dltrain.engine.cpus import usable_cpus
+            from dltrain.engine.cpus import jobs_at_once
 
-            workers = n_jobs if n_jobs > 0 else max(1, usable_cpus() + 1 + n_jobs)
+            workers = jobs_at_once(n_jobs)
             # the executor arguments of Hydra's joblib launcher (defaults), so that it is reused
             Parallel(n_jobs=n_jobs, backend="loky", max_nbytes=None, mmap_mode="r")(delayed(task)() for _ in range(workers))
             _import_plotting()  # this process plots the sweep at the end; it waits meanwhile
@@ -336,14 +336,13 @@ def _limit_threads(hc) -> None:
 
     n_jobs = OmegaConf.select(hc, "launcher.n_jobs", default=None)
     per_task = OmegaConf.select(hc, "launcher.cpus_per_task", default=None)
-    from dltrain.engine.cpus import usable_cpus
+    from dltrain.engine.cpus import jobs_at_once, usable_cpus
 
     cpus = usable_cpus()
     if per_task:
         threads = int(per_task)
     elif n_jobs:
-        parallel = cpus + 1 + n_jobs if n_jobs < 0 else n_jobs
-        threads = max(1, cpus // max(1, parallel))
+        threads = max(1, cpus // jobs_at_once(int(n_jobs)))
     else:
         return
     import torch

@@ -25,8 +25,13 @@ SPLITS = ("train", "val", "test")
 FIELDS = ("name", "kind", "task", "num_classes", "class_names", "x_mean", "x_std", "y_mean", "y_std", "pixel_range", "note")
 
 
+def cache_root() -> Path:
+    """Where dltrain keeps what it can rebuild: $DLTRAIN_CACHE, else ~/.cache/dltrain."""
+    return Path(os.environ.get("DLTRAIN_CACHE", Path.home() / ".cache" / "dltrain"))
+
+
 def cache_dir() -> Path:
-    return Path(os.environ.get("DLTRAIN_CACHE", Path.home() / ".cache" / "dltrain")) / "data"
+    return cache_root() / "data"
 
 
 def cached(source: str) -> Callable[[Callable[..., DataBundle]], Callable[..., DataBundle]]:

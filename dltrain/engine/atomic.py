@@ -106,17 +106,12 @@ def _fail_hook(path: Path) -> None:
             raise OSError(number, os.strerror(number), str(path))
 
 
-def commit(root: Path, name: str, files: Mapping[str, bytes | memoryview]) -> Path:
-    """Write `files` as checkpoint directory root/name atomically; return its path.
+def commit(root: Path, name: str, files: Mapping[str, bytes | memoryview]) -> tuple[Path, dict]:
+    """Write `files` as checkpoint directory root/name atomically; return its path and manifest.
 
     Any OSError (unwritable folder, full disk) is a one-line CheckpointError; what was there before
     (the previous checkpoints, an older root/name) is left intact.
     """
-    return _commit(root, name, files)[0]
-
-
-def _commit(root: Path, name: str, files: Mapping[str, bytes | memoryview]) -> tuple[Path, dict]:
-    """commit(), and the manifest it wrote."""
     final = root / name
     tmp = root / f".tmp-{name}-{os.getpid()}"
     try:
@@ -195,7 +190,7 @@ _LINKED: dict[Path, tuple[str, int]] = {}  # root/best.safetensors: the sha256 o
 
 def write_checkpoint(root: Path, name: str, files: Mapping[str, bytes | memoryview], keep_last: int) -> Path:
     """Commit `files` as root/name, point last/best.safetensors at it, prune old checkpoints."""
-    path, manifest = _commit(root, name, files)
+    path, manifest = commit(root, name, files)
     try:  # the model-weights files other verbs read: hard links to this checkpoint's files
         link_or_copy(path / "model.safetensors", root / "last.safetensors")
         if "best.safetensors" in files:

@@ -39,9 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dltrain.engine.atomic import (  # noqa: F401  (re-exported: the checkpoint API in one place)
-    CHECKPOINT_FORMAT, MANIFEST, NAME, CheckpointError, checkpoints, commit, link_or_copy, newest_valid, prune, verify,
-)
+from dltrain.engine.atomic import CHECKPOINT_FORMAT, MANIFEST, CheckpointError, checkpoints, newest_valid, verify  # noqa: F401  (re-exported: the checkpoint API in one place)
 
 # Keys that may change between a run and its resume without a config-diff error: they do not
 # change what is computed (display, checkpoint cadence, where it runs, the resume switch itself).
@@ -169,7 +167,7 @@ def snapshot(loop: LoopState, model_state: Mapping[str, torch.Tensor], phases, g
         },
         "rng": rng_state(generator),
         "order": loop.order,
-        "losses": loop.losses if isinstance(loop.losses, torch.Tensor) or loop.losses is None else torch.tensor(loop.losses),
+        "losses": loop.losses,
         **({"rank_rng": loop.rank_rng} if loop.rank_rng is not None else {}),
     }
     state = {

@@ -18,3 +18,9 @@ def usable_cpus() -> int:
     except (OSError, ValueError):
         pass
     return cpus
+
+
+def jobs_at_once(n_jobs: int) -> int:
+    """How many jobs a launcher's n_jobs runs at once, joblib's way: N > 0 is N, -1 is every usable
+    core, -2 all but one, ... (at least one)."""
+    return max(1, usable_cpus() + 1 + n_jobs if n_jobs < 0 else n_jobs)

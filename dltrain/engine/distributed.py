@@ -14,9 +14,10 @@ its shard of each global batch (`TensorLoader(shard=...)`); DDP averages the gra
 rank's loss is weighted by its share of the batch, so the update is the single-process update
 of the whole batch. Each rank validates its shard of the validation set, the metric sums are
 added up over ranks and rank 0's metrics are broadcast, so every rank takes the same early-stop
-and best-checkpoint decisions; the training loss is averaged over ranks before it is logged. Only rank 0 writes the run directory
-and checkpoints; a checkpoint holds every rank's RNG state and is taken at a collective, so all
-ranks checkpoint the same step and every rank can resume from it.
+and best-checkpoint decisions; the training loss is averaged over ranks before it is logged.
+Only rank 0 writes the run directory and checkpoints; a checkpoint holds every rank's RNG state
+and is taken at a collective, so all ranks checkpoint the same step and every rank can resume
+from it.
 """
 
 from __future__ import annotations
@@ -89,16 +90,21 @@ def join(backend: str, device: str, timeout_s: int) -> Ranks:
     if dist.is_initialized():
         return current()
     cuda = device not in ("cpu", "mps") and torch.cuda.is_available()
-    if backend == "nccl" and not cuda:
-        raise ConfigError("trainer.backend", backend, "NCCL needs CUDA devices and this rank has none; allowed here: auto, gloo")
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    check_devices(backend, cuda, max(local + 1, int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     if cuda:
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        if local >= torch.cuda.device_count():
-            raise ConfigError("trainer.devices", int(os.environ.get("LOCAL_WORLD_SIZE", local + 1)), f"this machine has {torch.cuda.device_count()} CUDA device(s); allowed: at most that many ranks per node")
         torch.cuda.set_device(local)
     spec = "cpu:gloo,cuda:nccl" if cuda and backend in ("auto", "nccl") else "gloo"
     dist.init_process_group(spec, timeout=timedelta(seconds=timeout_s))
     return current()
+
+
+def check_devices(backend: str, cuda: bool, per_node: int) -> None:
+    """NCCL needs CUDA, and each rank on a machine needs a CUDA device of its own."""
+    if backend == "nccl" and not cuda:
+        raise ConfigError("trainer.backend", backend, "NCCL needs CUDA devices and there are none here; allowed here: auto, gloo")
+    if cuda and per_node > torch.cuda.device_count():
+        raise ConfigError("trainer.devices", per_node, f"this machine has {torch.cuda.device_count()} CUDA device(s); allowed: at most that many ranks per machine, or trainer.device=cpu")
 
 
 def join_submitit_tasks(cfg) -> Ranks:
@@ -259,11 +265,7 @@ def launch(devices: int, trainer, config_yaml: str, run_dir: Path) -> dict[str, 
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     cuda = trainer.device.startswith("cuda") or (trainer.device == "auto" and torch.cuda.is_available())
-    if trainer.backend == "nccl" and not cuda:
-        raise ConfigError("trainer.backend", "nccl", "NCCL needs CUDA devices; allowed here: auto, gloo")
-    if cuda:
-        if devices > torch.cuda.device_count():
-            raise ConfigError("trainer.devices", devices, f"this machine has {torch.cuda.device_count()} CUDA device(s); allowed: 1 to {max(1, torch.cuda.device_count())}, or trainer.device=cpu")
+    check_devices(trainer.backend, cuda, devices)
     config = LaunchConfig(
         min_nodes=1, max_nodes=1, nproc_per_node=devices, run_id=str(uuid.uuid4()),
         rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1,

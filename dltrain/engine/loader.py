@@ -4,9 +4,10 @@ Small datasets live on the training device (the GPU too); each epoch draws one p
 a seeded generator and yields index-gathered batches. Data too large for the device stays in
 pinned host memory and each batch is copied asynchronously.
 
-`shift` augments training images on the device (`random_shift`). Data-parallel ranks share the permutation (the same seeded generator) and each takes its
-contiguous part of every global batch (`shard=(rank, world)`); `weight(i)` is that part's share
-of the batch, which makes the ranks' averaged gradients the gradient of the whole batch.
+`shift` augments training images on the device (`random_shift`). Data-parallel ranks share the
+permutation (the same seeded generator) and each takes its contiguous part of every global batch
+(`shard=(rank, world)`); `weight(i)` is that part's share of the batch, which makes the ranks'
+averaged gradients the gradient of the whole batch.
 """
 
 from __future__ import annotations

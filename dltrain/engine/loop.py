@@ -142,10 +142,11 @@ def fit(
                 loss = loss * weight
             return loss + penalty() if penalty else loss
 
-    train_step = distributed.wrap(model, forward_loss, ranks, device, len(phases)) if ranks.enabled else forward_loss
+    ddp = ranks.enabled  # read once: the per-step path below tests it
+    train_step = distributed.wrap(model, forward_loss, ranks, device, len(phases)) if ddp else forward_loss
 
     def stop_received() -> int | None:
-        return distributed.agree_signal(stop.received) if ranks.enabled else stop.received
+        return distributed.agree_signal(stop.received) if ddp else stop.received
 
     def check_finite(batch: int) -> None:
         """Per-batch losses stay on the device; they are checked here (epoch end, before a
@@ -198,7 +199,7 @@ def fit(
                 batches = train_loader.batches()
             epoch_step0 = step - (s.batch if needs_closure else -(-s.batch // accumulate)) if resumed else step
             for i, (x, y) in enumerate(batches, start=s.batch + 1 if resumed else 1):
-                weight = train_loader.weight(i - 1) if ranks.enabled else 1.0
+                weight = train_loader.weight(i - 1) if ddp else 1.0
                 compiling = compile_on and x.shape not in compiled_shapes
                 t_step = time.perf_counter() if compiling else 0.0
                 for k, ph in enumerate(phases):
@@ -218,7 +219,7 @@ def fit(
                         if (i - 1) % accumulate == 0:  # a new accumulation group (other phases may have left grads)
                             opt.zero_grad(set_to_none=True)
                         boundary = i % accumulate == 0 or i == n_batches
-                        with train_step.no_sync() if ranks.enabled and not boundary else _NO_CONTEXT:
+                        with train_step.no_sync() if ddp and not boundary else _NO_CONTEXT:
                             loss = train_step(x, y, ph.name, weight)
                             scaled = loss / accumulate if accumulate > 1 else loss
                             (scaler.scale(scaled) if scaler else scaled).backward()
@@ -257,7 +258,7 @@ def fit(
                     compile_seconds += _seconds_since(t_step, device)
                     compiled_shapes.add(x.shape)
 
-            if ranks.enabled:  # each rank's weighted share: the mean over ranks is the whole batch's loss
+            if ddp:  # each rank's weighted share: the mean over ranks is the whole batch's loss
                 losses = distributed.mean_over_ranks(losses, ranks)
             check_finite(n_batches)
             train_losses = losses.mean(0).tolist()

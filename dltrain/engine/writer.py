@@ -38,11 +38,6 @@ from dltrain.engine import atomic
 from dltrain.engine.checkpoint import CheckpointError, NonFiniteWeights, Staging, _all_finite, plan, serialize
 
 
-def write_checkpoint(root: Path, name: str, snap: Mapping[str, Any], config_yaml: str, keep_last: int) -> Path:
-    """Lay out `snap` as files, commit them as root/name, update last/best.safetensors, prune."""
-    return atomic.write_checkpoint(root, name, serialize(snap, config_yaml), keep_last)
-
-
 class Writer:
     """Writes checkpoints of one run (`root`, the run config's text, keep_last) one at a time."""
 
@@ -75,7 +70,7 @@ class Writer:
 
 class SyncWriter(Writer):
     def submit(self, name: str, snap: Mapping[str, Any]) -> None:
-        write_checkpoint(self.root, name, snap, self.config_yaml, self.keep_last)
+        atomic.write_checkpoint(self.root, name, serialize(snap, self.config_yaml), self.keep_last)
 
 
 class RankWriter(Writer):

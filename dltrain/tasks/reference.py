@@ -14,7 +14,6 @@ dataset (cached by a hash of the training data) and measures generated images wi
 from __future__ import annotations
 
 import hashlib
-import os
 import warnings
 from pathlib import Path
 
@@ -29,7 +28,9 @@ EPOCHS, BATCH = 8, 64
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("DLTRAIN_CACHE", Path.home() / ".cache" / "dltrain")) / "reference"
+    from dltrain.data.cache import cache_root
+
+    return cache_root() / "reference"
 
 
 def _key(data: DataBundle) -> str:
