@@ -6,12 +6,19 @@ TORCH_SPEC ?= torch>=2.6
 ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SPEC := $(VENV)/.torch-spec
 
-.PHONY: setup train test test-fast bench bench-gpu clean
+.PHONY: setup train test test-fast lint bench bench-gpu clean FORCE
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The setup depends on TORCH_SPEC too: the file changes (and the venv is brought up to date)
+# only when the spec differs from the one it was set up with.
+$(SPEC): FORCE
+	@mkdir -p $(VENV)
+	@if [ "$$(cat $@ 2>/dev/null)" != "$(TORCH_SPEC)" ]; then echo "$(TORCH_SPEC)" > $@; fi
+
+$(STAMP): pyproject.toml $(SPEC)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
@@ -21,11 +28,15 @@ $(STAMP): pyproject.toml
 train: setup  ## train the default model (MLP on scikit-learn's digits); pass overrides as ARGS="model=cnn"
 	$(BIN)/dltrain $(ARGS)
 
-test: setup  ## the whole test suite, slow end-to-end tests included (what CI runs)
+test: lint  ## lint and the layer contracts, then the whole test suite, slow end-to-end tests included (what CI runs)
 	$(BIN)/python -m pytest tests
 
 test-fast: setup  ## the fast tests only
 	$(BIN)/python -m pytest -m "not slow" tests
+
+lint: setup  ## ruff (pyflakes, import order, bugbear) and import-linter's layer contracts (pyproject.toml)
+	$(BIN)/ruff check dltrain hydra_plugins tests benchmarks
+	$(BIN)/lint-imports
 
 bench: setup  ## engine-overhead, CLI-startup and parallel-sweep benchmarks
 	$(BIN)/python benchmarks/engine_overhead.py

@@ -73,7 +73,7 @@ def overrides(root: Path, device: str, precision: str, epochs: int, compile_mode
     return [
         "model=cnn", "data=mnist", f"data.root={root}", "data.download=false", f"data.batch_size={BATCH}", "optim=adam", "sched=none", f"trainer.device={device}",
         f"trainer.precision={precision}", f"trainer.max_epochs={epochs}", "trainer.progress=none", "trainer.eval_batch_size=2048",
-        *([f"trainer.compile=true", f"trainer.compile_mode={compile_mode}"] if compile_mode else []),
+        *(["trainer.compile=true", f"trainer.compile_mode={compile_mode}"] if compile_mode else []),
     ]
 
 

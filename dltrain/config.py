@@ -1,6 +1,7 @@
 """The typed run configuration and its validation.
 
-Fixed sections (``trainer``, ``seed``, ``task``) are dataclasses here; component sections
+Fixed sections (``seed``, ``task``, ``sweep``; ``trainer``, whose dataclass is the engine's
+`TrainerConfig`) are dataclasses; component sections
 (``model``, ``data``, ``loss``, ``optim``, ``sched``, ``init``, ``reg``, ``logger``) are checked
 against the signature of the registered component they name. Everything is validated before
 anything is built or written; a problem is one `UserError` line naming key, value and choices.
@@ -10,58 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
+from dltrain.engine.settings import CheckpointConfig, EarlyStopConfig, TrainerConfig
 from dltrain.errors import ConfigError, UserError, unknown_choice, unknown_key
-from dltrain.schema import NonNegative, NonNegativeInt, Pattern, Positive, PositiveInt, check_value, parse_dataclass
+from dltrain.expectations import check_expected
+from dltrain.schema import NonNegativeInt, PositiveInt, check_value, parse_dataclass
 
-Device = Annotated[str, Pattern(r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, cuda, cuda:N or mps")]
-Precision = Literal["32", "bf16", "16"]
-
-
-@dataclass
-class EarlyStopConfig:
-    patience: NonNegativeInt = 0  # epochs without improvement before stopping; 0 turns it off
-    monitor: str = "auto"  # auto: the task's (val_loss; val_frechet for a GAN)
-    min_delta: NonNegative = 0.0
-
-
-@dataclass
-class CheckpointConfig:
-    monitor: str = "auto"  # which validation metric picks the best checkpoint; auto: the task's
-    every_n_epochs: NonNegativeInt = 0  # a full training-state checkpoint every N epochs; 0: none
-    every_n_steps: NonNegativeInt = 0  # also one every N optimizer steps (mid-epoch); 0: none
-    keep_last: NonNegativeInt = 2  # full checkpoints kept (the newest); 0: keep all
-    writer: Literal["process", "thread", "sync"] = "process"  # who writes them while training goes on (engine/writer.py)
-
-
-@dataclass
-class TrainerConfig:
-    max_epochs: PositiveInt = 30
-    device: Device = "auto"
-    precision: Precision = "32"
-    compile: bool = False
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"  # reduce-overhead: CUDA graphs
-    devices: PositiveInt = 1  # data-parallel ranks on this machine (DDP through torchrun's launcher); torchrun itself sets its own
-    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: gloo on CPU, NCCL on CUDA
-    dist_timeout: PositiveInt = 300  # seconds a rank waits for the others at a collective
-    threads: NonNegativeInt = 0  # CPU intra-op threads per process; 0: the cores this process may use, shared among its ranks
-    accumulate: PositiveInt = 1  # gradient accumulation: optimizer step every N batches
-    clip_grad: Positive | None = None  # max global gradient norm
-    deterministic: bool = False
-    limit_train_batches: NonNegativeInt = 0  # 0: all
-    limit_val_batches: NonNegativeInt = 0  # 0: all
-    overfit_batches: NonNegativeInt = 0  # >0: train and validate on these first batches only
-    eval_batch_size: PositiveInt = 1024
-    progress: Literal["auto", "bar", "lines", "none"] = "auto"
-    test_ckpt: Literal["best", "last"] = "best"
-    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    resume: str | None = None  # auto: the newest valid checkpoint of this config; or a run dir / checkpoint dir
-    resume_force: bool = False  # resume even if the config changed (`dltrain resume=DIR resume.force=true`)
-    nan: Literal["stop", "skip"] = "stop"  # a non-finite loss: stop naming the step, or skip the update
-    nan_max_skips: PositiveInt = 10  # nan=skip: stop after this many consecutive skipped steps
-
+__all__ = ["CheckpointConfig", "EarlyStopConfig", "RunSpec", "SweepConfig", "TrainerConfig", "check_sweep", "validate"]
 
 @dataclass
 class SweepConfig:
@@ -93,6 +50,18 @@ class RunSpec:
     sched_d: dict[str, Any] | None = None
     sweep: SweepConfig = field(default_factory=SweepConfig)
     expected: dict[str, dict[str, float]] = field(default_factory=dict)  # a recipe's metric bounds
+
+
+def check_sweep(sweep: SweepConfig, task_cls) -> SweepConfig:
+    """Resolve `sweep.objective`/`direction` "auto" for the task and check the objective is one of its metrics."""
+    allowed = [f"val_{m}" for m in task_cls.metrics]
+    if sweep.objective == "auto":
+        sweep.objective = task_cls.monitor
+    if sweep.objective not in allowed:
+        raise unknown_choice("sweep.objective", sweep.objective, allowed)
+    if sweep.direction == "auto":
+        sweep.direction = "maximize" if sweep.objective.removeprefix("val_") in task_cls.higher_is_better else "minimize"
+    return sweep
 
 
 COMPONENT_SECTIONS = ("model", "data", "loss", "optim", "sched", "init", "logger")
@@ -168,9 +137,6 @@ def validate(cfg: Mapping[str, Any]) -> RunSpec:
         if section.monitor == "auto":
             section.monitor = task_cls.monitor
     _check_compatible(parts, reg, trainer, task, task_cls, data_entry, MODELS, LOSSES, OPTIMIZERS, REGULARIZERS)
-    from dltrain.recipe import check_expected  # sweeps and recipes own these two sections
-    from dltrain.sweep import check_sweep
-
     sweep = check_sweep(parse_dataclass(SweepConfig, cfg.get("sweep"), "sweep"), task_cls)
     expected = check_expected(cfg.get("expected"), task_cls)
     if shift and data_entry.meta["kind"] != "image":

@@ -23,9 +23,12 @@ import math
 import os
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, Optional  # noqa: UP035  (Hydra's structured configs need typing's generics)
 
+from dltrain import overrides as ov
+from dltrain import private_api
 from dltrain.errors import UserError, unknown_choice
 
 log = logging.getLogger("dltrain")
@@ -39,16 +42,32 @@ PRUNERS = ("median", "hyperband", "none")
 _LOCAL_STUDIES: dict[str, Any] = {}
 
 
-def register_sweeper() -> None:
-    """Make sure Hydra knows our sweeper: its plugin scan (pkgutil) misses editable installs."""
-    from hydra.core.plugins import Plugins
+@dataclass
+class OptunaSweeperConf:
+    """The `hydra/sweeper=dltrain_optuna` config node (the hparams_search presets select it)."""
 
-    from hydra_plugins.dltrain_optuna_sweeper import config  # noqa: F401  (hydra/sweeper=dltrain_optuna)
-    from hydra_plugins.dltrain_optuna_sweeper.optuna_sweeper import OptunaSweeper
+    _target_: str = SWEEPER_TARGET
+    n_trials: int = 20  # trials in all (a continued study counts those it already has)
+    n_jobs: Optional[int] = None  # trials launched at once; null: as many as the launcher runs in parallel
+    sampler: str = "tpe"  # tpe (Bayesian, tree-structured Parzen estimator), gp (Gaussian process) or random
+    seed: Optional[int] = 0  # the sampler's seed: the same search proposes the same trials
+    startup_trials: int = 8  # random trials before the sampler models the space (also the pruner's)
+    pruner: Optional[str] = None  # null, median or hyperband: stop hopeless trials early
+    warmup_epochs: int = 3  # epochs every trial runs before it may be pruned
+    storage: Optional[str] = None  # null: in memory; sqlite:///${hydra.sweep.dir}/optuna.db: a study to continue
+    study_name: str = "dltrain"
+    # the search space, in Hydra's override grammar: choice(...), range(...), interval(...), tag(log, interval(...))
+    params: Dict[str, Any] = field(default_factory=dict)
 
-    plugins = Plugins.instance()
-    if SWEEPER_TARGET not in plugins.class_name_to_class:
-        plugins.register(OptunaSweeper)
+
+def register_sweeper_config() -> None:
+    """Put the sweeper's config node in Hydra's ConfigStore (what `hparams_search` presets select).
+    Hydra's own plugin scan also stores it (hydra_plugins/dltrain_optuna_sweeper/config.py)."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    if "dltrain_optuna.yaml" not in store.repo.get("hydra", {}).get("sweeper", {}):
+        store.store(group="hydra/sweeper", name="dltrain_optuna", node=OptunaSweeperConf, provider="dltrain")
 
 
 def is_search(sweeper_cfg: Mapping | None) -> bool:
@@ -57,16 +76,6 @@ def is_search(sweeper_cfg: Mapping | None) -> bool:
 
 
 # ---- search spaces ---------------------------------------------------------------------------
-
-
-def _parse(lines: Sequence[str]):
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
-
-    try:
-        return OverridesParser.create().parse_overrides(list(lines))
-    except OverrideParseException as e:
-        raise UserError(f"cannot parse search space: {str(e).splitlines()[0]}") from None
 
 
 def distribution(override) -> Any:
@@ -104,10 +113,10 @@ def search_space(params: Mapping[str, Any] | None, arguments: Sequence[str]) -> 
     A command-line override of a key replaces the preset's entry for it.
     """
     lines = {str(k): f"{k}={v}" for k, v in (params or {}).items()}
-    for o in _parse(arguments):
+    for o in ov.parse(arguments, "search space"):
         lines[o.get_key_element()] = o.input_line
     fixed, space = [], {}
-    for o in _parse(list(lines.values())):
+    for o in ov.parse(lines.values(), "search space"):
         if o.is_sweep_override():
             space[o.get_key_element()] = distribution(o)
         else:
@@ -252,12 +261,12 @@ def run_search(sweeper, arguments: list[str]) -> list:
         for t in trials:
             job = [*fixed, *(f"{k}={format_value(v)}" for k, v in t.params.items())]
             if pruning:
-                job.append(f"+hydra.job.env_set.{TRIAL_ENV}='{t._trial_id}@{handle_storage}'")
+                job.append(f"+hydra.job.env_set.{TRIAL_ENV}='{private_api.trial_id(t)}@{handle_storage}'")
             batch.append(job)
         sweeper.validate_batch_is_legal(batch)
         results = sweeper.launcher.launch(batch, initial_job_idx=trials[0].number)
-        for t, r in zip(trials, results):
-            value = r._return_value
+        for t, r in zip(trials, results, strict=True):
+            value = private_api.job_return_value(r)
             if r.status == JobStatus.FAILED and isinstance(value, optuna.TrialPruned):
                 study.tell(t, state=optuna.trial.TrialState.PRUNED)
             elif r.status == JobStatus.COMPLETED and isinstance(value, (int, float)) and math.isfinite(value):
@@ -295,7 +304,7 @@ def job_trial(hydra_cfg) -> Any | None:
             storage=make_storage(storage),
             pruner=make_pruner(sweeper.get("pruner"), sweeper.get("warmup_epochs", 0), sweeper.get("startup_trials", 0)),
         )
-    return optuna.trial.Trial(study, int(trial_id))
+    return private_api.trial_by_id(study, int(trial_id))
 
 
 def epoch_reporter(trial, objective: str) -> Callable[[Mapping[str, Any]], None]:

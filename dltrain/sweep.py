@@ -29,6 +29,8 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from dltrain import overrides as ov
+from dltrain import private_api
 from dltrain.errors import UserError, unknown_choice
 
 log = logging.getLogger("dltrain")
@@ -50,71 +52,6 @@ def check_sweep(sweep, task_cls):
     if sweep.direction == "auto":
         sweep.direction = "maximize" if sweep.objective.removeprefix("val_") in task_cls.higher_is_better else "minimize"
     return sweep
-
-
-# ---- before a sweep: the jobs to validate ------------------------------------------------------
-
-
-def jobs_to_check(overrides: Sequence[str], parsed: Sequence, max_combinations: int) -> tuple[list[list[str]], bool]:
-    """The jobs a sweep command line describes, for validation before the first one runs, and
-    whether they are all of its jobs.
-
-    A grid sweep: every combination (or, beyond `max_combinations`, every value of each swept
-    key with the others at their first value). An Optuna search: every categorical choice and
-    both ends of every range, from the preset's space and the command line.
-    """
-    from dltrain.search import is_search, probe_jobs, search_space
-
-    sweeper = _sweeper_config(overrides, parsed)
-    if is_search(sweeper):
-        own = [o.input_line for o in parsed]
-        fixed, space = search_space(sweeper.get("params"), own)
-        if not space:
-            raise UserError("an Optuna search needs a search space: hydra.sweeper.params in the preset, or KEY=choice(...)/interval(...) on the command line")
-        return probe_jobs(fixed, space), False
-
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-    for o in parsed:
-        if o.is_sweep_override() and not o.is_discrete_sweep():
-            raise UserError(f"{o.input_line}: a grid sweep takes lists of values (a,b,c or range(...)); interval(...) needs a search: add hparams_search=NAME")
-    sweeps = [o for o in parsed if o.is_sweep_override()]
-    total = math.prod(len(list(o.sweep_string_iterator())) for o in sweeps)
-    if total <= max_combinations:
-        return BasicSweeper.split_arguments(list(parsed), None)[0], True
-    first = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else o.input_line for o in parsed]
-    return [first[:i] + [f"{o.get_key_element()}={v}"] + first[i + 1 :] for i, o in enumerate(parsed) if o.is_sweep_override() for v in o.sweep_string_iterator()], False
-
-
-def _sweeper_config(overrides: Sequence[str], parsed: Sequence) -> dict:
-    """The `hydra.sweeper` node the command line selects (composed without its sweeps)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from dltrain.compose import _parse, config_dir
-    from dltrain.recipe import register_recipes
-    from dltrain.search import register_sweeper
-
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    hydra_lines = _parse([o for o in overrides if o.lstrip("+~").startswith(("hydra.", "hydra/"))])
-    for o in hydra_lines:
-        if o.is_sweep_override():
-            raise UserError(f"{o.input_line}: Hydra's own settings cannot be swept; a search space goes on the command line as KEY=interval(...) or KEY=choice(...)")
-    fixed += [o.input_line for o in hydra_lines]
-    register_recipes()
-    register_sweeper()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-            cfg = compose(config_name="config", overrides=fixed, return_hydra_config=True)
-            return OmegaConf.to_container(cfg.hydra.sweeper, resolve=False)
-    except (HydraException, OmegaConfBaseException) as e:
-        raise UserError(f"cannot compose the config: {str(e).splitlines()[0]}") from None
-    finally:
-        GlobalHydra.instance().clear()
 
 
 def resume_dir(overrides: Sequence[str]) -> list[str]:
@@ -148,7 +85,7 @@ def prewarm_workers(overrides: Sequence[str]) -> None:
     n_jobs = next((int(o.partition("=")[2]) for o in overrides if o.startswith("hydra.launcher.n_jobs=") and o.partition("=")[2].lstrip("-").isdigit()), -1)
     import threading
 
-    task = _ready if _start_forkserver() else _warm_worker
+    task = _ready if _start_forkserver() else _warm_up
 
     def warm() -> None:
         try:
@@ -175,15 +112,12 @@ def _start_forkserver() -> bool:
     import multiprocessing
     from multiprocessing import forkserver
 
-    from joblib.externals.loky.backend.context import set_start_method
-
     old = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
     try:
         multiprocessing.set_forkserver_preload(["dltrain.worker"])
         os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"  # read by the server when it starts
         forkserver.ensure_running()
-        set_start_method("forkserver", force=True)
-        return True
+        return private_api.loky_forkserver()
     except Exception:  # noqa: BLE001  (workers are then started the usual way)
         return False
     finally:
@@ -197,24 +131,9 @@ def _ready() -> None:
     """A worker's first task: it has nothing to import (forked from a warm server)."""
 
 
-def _warm_worker() -> None:
-    """What every job imports and first does: torch, the models, the datasets, the plots; one tiny
-    optimizer step (autograd's first use, and torch.optim's import of torch._dynamo). Not
-    scikit-learn: a job reads its data from the cache (data/cache.py) once one job has built it.
-    Then everything this worker holds so far is moved out of the garbage collector's sight
-    (gc.freeze): loky runs gc.collect() after every task, which took 0.13 s a job over all of
-    torch's, Hydra's and matplotlib's objects, and none of them is ever garbage."""
-    import gc
-
-    import torch
-
-    import dltrain.data.tabular  # noqa: F401
-    import dltrain.train  # noqa: F401
-
-    layer = torch.nn.Linear(8, 2)
-    torch.optim.Adam(layer.parameters()).step(lambda: layer(torch.ones(4, 8)).sum().backward())
-    _import_plotting()
-    gc.freeze()
+def _warm_up() -> None:
+    """A worker's first task where it was not forked from a warm server: import what jobs need."""
+    import dltrain.worker  # noqa: F401  (importing it warms this worker up)
 
 
 def _import_plotting() -> None:
@@ -228,7 +147,7 @@ def find_previous_sweep(overrides: Sequence[str], root: Path = Path("multirun"))
     """The latest sweep dir under `root` that ran the same command line (ignoring sweep.resume)."""
     import yaml
 
-    want = sorted(_without_resume(o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))))
+    want = sorted(_without_resume(ov.without_hydra(overrides)))
     for path in sorted(root.glob("*/*/multirun.yaml"), reverse=True):
         try:
             task = yaml.safe_load(path.read_text())["hydra"]["overrides"]["task"]
@@ -253,6 +172,7 @@ def run_job(cfg, hc, console) -> float | None:
     """
     from omegaconf import OmegaConf
 
+    from dltrain import shell
     from dltrain.config import validate
     from dltrain.search import epoch_reporter, job_trial
 
@@ -269,7 +189,8 @@ def run_job(cfg, hc, console) -> float | None:
     from dltrain.engine import distributed
 
     _limit_threads(hc)
-    ranks = distributed.join_submitit_tasks(cfg)  # launcher=slurm with several tasks: each is a rank
+    trainer = OmegaConf.select(cfg, "trainer")  # launcher=slurm with several tasks: each is a rank
+    ranks = distributed.join_submitit_tasks(trainer.backend, trainer.device, trainer.dist_timeout)
     if not ranks.main:  # rank 0 keeps the job's record and returns its objective
         _train(cfg, run_dir, console, None)
         distributed.leave()
@@ -287,23 +208,24 @@ def run_job(cfg, hc, console) -> float | None:
         if value is None or not math.isfinite(value):
             raise UserError(f"objective {spec.sweep.objective}={value} is not a finite number")
         record.update(status="completed", objective=value)
-        from dltrain.cli import print_summary
+        from dltrain.runs import print_summary
 
         print_summary(console, summary, str(run_dir))
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001  (recorded: the sweep goes on)
-        if type(e).__name__ == "TrainingInterrupted" or getattr(e, "code", 0) in (130, 143):  # SIGINT/SIGTERM (also of a job's ranks): stop the whole sweep
+        end = shell.ending(e, ranks)
+        if end is not None and end.status == "interrupted":  # SIGINT/SIGTERM (also of a job's ranks): stop the whole sweep
             record.update(status="interrupted", reason=str(e), seconds=round(time.perf_counter() - start, 3))
             write_job(run_dir, record)
             console.print(f"job {hc.job.num}: {e}; rerun the sweep command with sweep.resume=true to continue it", highlight=False, soft_wrap=True)
-            raise SystemExit(getattr(e, "code", 130)) from None
+            raise SystemExit(end.code) from None
         if type(e).__name__ == "TrialPruned":
             pruned = e
             record.update(status="pruned", reason=str(e))
         else:
-            record.update(status="failed", reason=one_line(e))
-            if not isinstance(e, UserError):
+            record.update(status="failed", reason=end.line if end is not None and end.line else one_line(e))
+            if end is None:  # a bug: its traceback goes to the job's log
                 log.exception("job %s failed", hc.job.num)
         log.error("job %s %s: %s", hc.job.num, record["status"], record["reason"])
         console.print(f"[red]job {hc.job.num} {record['status']}:[/] {record['reason']}", highlight=False)
@@ -359,7 +281,7 @@ def read_job(run_dir: Path) -> dict | None:
 
 
 def write_job(run_dir: Path, record: Mapping[str, Any]) -> None:
-    from dltrain.engine.rundir import atomic_write
+    from dltrain.files import atomic_write
 
     atomic_write(Path(run_dir) / JOB_FILE, (json.dumps(record, indent=2) + "\n").encode())
 
@@ -512,7 +434,7 @@ def _metric_columns(result: SweepResult) -> list[str]:
 
 
 def write_csv(result: SweepResult) -> Path:
-    from dltrain.engine.rundir import atomic_write
+    from dltrain.files import atomic_write
 
     metrics = _metric_columns(result)
     columns = ["job", "status", *result.swept, *metrics, "seconds", "run_dir", "overrides", "reason"]
@@ -537,7 +459,7 @@ def _fmt(v: Any) -> Any:
 def write_best(result: SweepResult) -> Path | None:
     import yaml
 
-    from dltrain.engine.rundir import atomic_write
+    from dltrain.files import atomic_write
 
     path = result.path / "best.yaml"
     best = result.best
@@ -577,7 +499,7 @@ def plot_sweep(result: SweepResult) -> Path | None:
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), dpi=100, squeeze=False)
     best = result.best
-    for ax, key in zip(axes.flat, result.swept):
+    for ax, key in zip(axes.flat, result.swept, strict=False):
         values = [j.params.get(key, "") for j in done]
         numbers = [_number(v) for v in values]
         ys = [j.objective for j in done]
@@ -646,6 +568,28 @@ def print_table(console, result: SweepResult, limit: int = 40) -> None:
     else:
         console.print(f"best: job {best.job}, {result.objective}={best.objective:.4f}: dltrain {' '.join(best.overrides)}", highlight=False)
     console.print(f"sweep.csv, best.yaml, sweep.png: [bold]{result.path}[/]", highlight=False)
+
+
+@dataclass
+class SummarizeOptions:
+    dir: str
+    objective: str | None = None  # default: the sweep's own (sweep.objective)
+    direction: str | None = None  # minimize or maximize; default: the sweep's own
+
+
+def summarize_command(argv: list[str]) -> int:
+    """`dltrain sweep summarize DIR [objective=METRIC] [direction=minimize|maximize]`."""
+    from rich.console import Console
+
+    if not argv or argv[0] != "summarize":
+        if argv and "=" not in argv[0]:
+            raise unknown_choice("sweep ACTION", argv[0], ["summarize"])
+        raise UserError("usage: dltrain sweep summarize DIR [objective=METRIC] [direction=minimize|maximize]")
+    opts = ov.parse_options(argv[1:], SummarizeOptions, "sweep summarize", positional=("dir",))
+    if opts.direction not in (None, "minimize", "maximize"):
+        raise unknown_choice("direction", opts.direction, ["maximize", "minimize"])
+    summarize(opts.dir, opts.objective, opts.direction, Console(stderr=True))
+    return 0
 
 
 class SweepSummary(Callback):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import platform
@@ -16,24 +17,28 @@ from torch import nn
 
 import dltrain
 from dltrain.config import RunSpec, validate
-from dltrain.errors import ConfigError, UserError
 from dltrain.data import DATASETS, DataBundle, Split
-from dltrain.engine import distributed
-from dltrain.engine.device import check_precision, configure_backends, describe, seed_everything, select_device, set_threads
+from dltrain.engine import distributed, test_hooks
+from dltrain.engine.callbacks import EpochReport, MetricsLog, TaskEpochEnd
 from dltrain.engine.checkpoint import LoopState, TrainingInterrupted, config_hash, restore, snapshot
+from dltrain.engine.device import check_precision, configure_backends, describe, seed_everything, select_device, set_threads
 from dltrain.engine.loader import TensorLoader
 from dltrain.engine.loggers import LOGGERS
 from dltrain.engine.loop import Phase, evaluate, fit
 from dltrain.engine.plots import plot_history
-from dltrain.engine.progress import ProgressDisplay
-from dltrain.engine.rundir import RunDir, load_weights, weights_sha256
+from dltrain.engine.progress import progress_display
+from dltrain.engine.rundir import RunDir, weights_sha256
 from dltrain.engine.writer import make_writer
+from dltrain.errors import ConfigError, UserError
 from dltrain.losses import LOSSES
 from dltrain.models import MODELS
 from dltrain.models.layers import INITS, count_parameters
 from dltrain.optim import OPTIMIZERS, build_schedule
 from dltrain.regularization import Regularizer, WeightPenalty, build_regularizers
 from dltrain.tasks import TASKS
+
+# The module each data-parallel rank runs (`python -m dltrain.rank CONFIG RUN_DIR`).
+RANK_ENTRY = "dltrain.rank"
 
 log = logging.getLogger("dltrain")
 
@@ -85,7 +90,7 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
     if trainer.devices > 1 and not ranks.enabled:
         if on_epoch is not None:
             log.warning("trainer.devices=%d: per-epoch reports (a sweep's pruning) are off for data-parallel jobs", trainer.devices)
-        return distributed.launch(trainer.devices, trainer, config_text, run.path)
+        return distributed.launch(trainer.devices, trainer, config_text, run.path, RANK_ENTRY)
     device = select_device(trainer.device)
     if ranks.enabled and device.type == "cuda":
         device = torch.device("cuda", ranks.local_rank)
@@ -100,7 +105,6 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
     if ranks.enabled and device.type == "cuda":  # batch statistics over the whole batch (CPU ranks: per rank)
         built.model = nn.SyncBatchNorm.convert_sync_batchnorm(built.model)
     data, task, model, regs, channels_last = built.data, built.task, built.model, built.regs, built.channels_last
-    clip_grad = trainer.clip_grad or next((r.clip_grad for r in regs if r.clip_grad), None)
     needs_closure = bool(OPTIMIZERS.get(spec.optim["name"]).meta.get("closure"))
     if needs_closure and ranks.enabled:
         raise ConfigError("optim", spec.optim["name"], f"its line search differs per rank and cannot run on {ranks.world} ranks; allowed: an optimizer without a closure, or one rank")
@@ -122,7 +126,8 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
     val_loader = TensorLoader(val_split.x, val_split.y, trainer.eval_batch_size, limit_batches=trainer.limit_val_batches, shard=(ranks.rank, ranks.world), **loader_args)
     test_loader = TensorLoader(data.test.x, data.test.y, trainer.eval_batch_size, limit_batches=trainer.limit_val_batches, **loader_args)
     steps_per_epoch = len(train_loader) if needs_closure else math.ceil(len(train_loader) / trainer.accumulate)
-    phases = [build_phase(spec, task, model, name, steps_per_epoch) for name in task.phases]
+    clip_grad = trainer.clip_grad or next((r.clip_grad for r in regs if r.clip_grad), None)
+    phases = [build_phase(spec, task, model, name, steps_per_epoch, clip_grad) for name in task.phases]
     net = torch.compile(model, mode=None if trainer.compile_mode == "default" else trainer.compile_mode) if trainer.compile else model
 
     main = ranks.main  # only rank 0 writes the run directory
@@ -159,16 +164,20 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
     if data.note:
         log.info(data.note)
 
-    progress = ProgressDisplay(console, trainer.progress if main else "none", trainer.max_epochs, len(train_loader), batch_size)
+    def warn(message: str) -> None:
+        log.warning(message)
+        console.print(f"[yellow]warning:[/] {message}", highlight=False)
+
+    progress = progress_display(console, trainer.progress if main else "none", trainer.max_epochs, len(train_loader), batch_size)
+    callbacks = [TaskEpochEnd(task, net, run.plots, warn), MetricsLog(run.append_metrics, loggers)] if main else []
+    callbacks += [c for c in (progress, EpochReport(on_epoch) if on_epoch else None) if c is not None]
+    callbacks += test_hooks.from_env(val_loader)
     try:
-        with progress:
+        with progress or contextlib.nullcontext():
             result = fit(
-                net, task, phases, train_loader, val_loader,
-                trainer=trainer, device=device, run=run, progress=progress, loggers=loggers,
-                penalty=penalty if penalty else None, clip_grad=clip_grad,
-                needs_closure=needs_closure, state_of=model.state_dict,
-                warn=lambda message: (log.warning(message), console.print(f"[yellow]warning:[/] {message}", highlight=False)),
-                on_epoch=on_epoch, save_checkpoint=save_checkpoint, start=start, ranks=ranks,
+                net, task, phases, (train_loader, val_loader), trainer, device=device, ranks=ranks,
+                penalty=penalty if penalty else None, weights=model.state_dict, callbacks=callbacks,
+                save_checkpoint=save_checkpoint, start=start,
             )
     except (TrainingInterrupted, UserError):
         writer.close()  # the interrupt's checkpoint must be committed (or its error reported) before exiting
@@ -293,55 +302,14 @@ def json_load(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def build_phase(spec: RunSpec, task, model: nn.Module, name: str, steps_per_epoch: int) -> Phase:
-    """The optimizer, schedule and scaler of one task phase ("d" uses optim_d and sched_d)."""
+def build_phase(spec: RunSpec, task, model: nn.Module, name: str, steps_per_epoch: int, clip_grad: float | None = None) -> Phase:
+    """The optimizer, schedule and grad scaler of one task phase ("d" uses optim_d and sched_d)."""
     optim_cfg, sched_cfg, key = (spec.optim_d, spec.sched_d, "optim_d") if name == "d" else (spec.optim, spec.sched, "optim")
     params = list(task.phase_params(model, name))
     repeat = task.phase_repeats(model, name)
     optimizer = OPTIMIZERS.build(optim_cfg, key=key, params=params)
     schedule = build_schedule(sched_cfg, optimizer, steps_per_epoch * repeat, spec.trainer.max_epochs)
     device_type = params[0].device.type if params else "cpu"
-    scaler = torch.amp.GradScaler(device_type) if spec.trainer.precision == "16" else None
-    return Phase(name, optimizer, schedule, params, repeat, scaler)
-
-
-@dataclass
-class LoadedRun:
-    """A finished run read back from its directory: its spec, data, task and trained model."""
-
-    path: Path
-    summary: dict[str, Any]
-    built: Built
-    checkpoint: Path
-
-
-def load_run(run_dir: str | Path, ckpt: str = "best", device: str = "cpu") -> LoadedRun:
-    """Rebuild a run's model from config.yaml and load checkpoints/<ckpt>.safetensors (eval mode).
-
-    Every problem a user can cause (no such dir, not a run dir, missing or corrupt checkpoint,
-    a checkpoint from a newer format or another model) is a one-line UserError.
-    """
-    import json
-
-    from omegaconf import OmegaConf
-
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise UserError(f"run directory {str(path)!r} does not exist")
-    if not (path / "config.yaml").is_file():
-        raise UserError(f"{str(path)!r} is not a dltrain run directory: it has no config.yaml")
-    spec = validate(OmegaConf.load(path / "config.yaml"))
-    checkpoint = path / "checkpoints" / f"{ckpt}.safetensors"
-    if not checkpoint.is_file():
-        have = sorted(p.stem for p in (path / "checkpoints").glob("*.safetensors"))
-        raise ConfigError("ckpt", ckpt, f"{path} has " + (f"checkpoints: {', '.join(have)}" if have else "no checkpoint (did the run finish?)"))
-    state = load_weights(checkpoint)
-    built = build(spec, select_device(device))
-    try:
-        built.model.load_state_dict(state)
-    except RuntimeError as e:
-        raise UserError(f"{checkpoint} does not fit model={spec.model['name']}: {str(e).splitlines()[0]}") from None
-    built.model.eval()
-    summary_path = path / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    return LoadedRun(path, summary, built, checkpoint)
+    scaler = torch.amp.GradScaler(device_type, enabled=spec.trainer.precision == "16")
+    closure = bool(OPTIMIZERS.get(optim_cfg["name"]).meta.get("closure"))
+    return Phase(name, optimizer, schedule, params, repeat, scaler, closure, clip_grad)

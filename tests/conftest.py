@@ -10,7 +10,10 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-MNIST_TEST = REPO.parent / "shared" / "data" / "mnist-test"
+# The real MNIST test set (the two t10k IDX files): $DLTRAIN_MNIST_TEST, else ../shared/data/mnist-test
+# beside the clone. Tests that need it skip where it is absent.
+MNIST_TEST = Path(os.environ.get("DLTRAIN_MNIST_TEST") or REPO.parent / "shared" / "data" / "mnist-test")
+NO_MNIST = f"the MNIST test files are absent ({MNIST_TEST}; set DLTRAIN_MNIST_TEST to their folder)"
 
 # Keep unit tests light on the 2-core CI machine.
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -62,6 +65,30 @@ def train_run(tmp_path, compose):
         return summary, out
 
     return run
+
+
+@pytest.fixture
+def run_train(compose):
+    """run_train(run_dir, *overrides) -> summary; quiet, in-process."""
+    from omegaconf import OmegaConf
+    from rich.console import Console
+
+    from dltrain.train import train
+
+    def go(run_dir: Path, *overrides: str) -> dict:
+        cfg = compose("trainer.progress=none", *overrides)
+        return train(cfg, run_dir, Console(quiet=True), config_yaml=OmegaConf.to_yaml(cfg, resolve=True))
+
+    return go
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Train with one torch thread: on a busy 2-core machine two threads can be 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def assert_one_line_exit_2(result: tuple[int, str, str], *fragments: str) -> None:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import MNIST_TEST
+from tests.conftest import MNIST_TEST, NO_MNIST
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ def test_gru_forecasts_the_sine_series(tmp_path):
     assert summary["task"] == "forecasting" and summary["test"]["r2"] >= 0.9
 
 
-@pytest.mark.skipif(not MNIST_TEST.is_dir(), reason="../shared/data/mnist-test is absent")
+@pytest.mark.skipif(not MNIST_TEST.is_dir(), reason=NO_MNIST)
 def test_cnn_reaches_97_percent_on_real_mnist_images(tmp_path):
     summary = run_cli(tmp_path, "data=mnist", f"data.root={MNIST_TEST}", "model=cnn", "trainer.max_epochs=10")
     assert summary["dataset"]["sizes"]["test"] == 2000

@@ -92,7 +92,7 @@ def is_png(path: Path) -> bool:
 
 
 def loaded(run_dir: Path):
-    from dltrain.train import load_run
+    from dltrain.runs import load_run
 
     return load_run(run_dir)
 
@@ -193,7 +193,7 @@ def test_predict_reads_image_files_and_folders(trained, cli, tmp_path):
     rows = read_rows(run / "analysis/predict/predictions.csv")
     assert [r["input"] for r in rows] == [f"{i:02d}.png" for i in range(20)]
     truth = data.test.y[:20].tolist()
-    assert sum(int(r["pred_index"]) == t for r, t in zip(rows, truth)) >= 17
+    assert sum(int(r["pred_index"]) == t for r, t in zip(rows, truth, strict=True)) >= 17
     assert cli("predict", str(run), f"input={folder / '03.png'}")[0] == 0
     assert len(read_rows(run / "analysis/predict/predictions.csv")) == 1
 

@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
-from rich.console import Console
 
 from dltrain.engine import checkpoint as ck
 from dltrain.errors import UserError
@@ -35,18 +33,6 @@ MODELS = {
 @pytest.fixture(autouse=True)
 def reference_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("DLTRAIN_CACHE", str(tmp_path_factory.getbasetemp() / "dltrain-cache"))
-
-
-@pytest.fixture
-def run_train(compose):
-    """run_train(run_dir, *overrides) -> summary; quiet, in-process."""
-    from dltrain.train import train
-
-    def go(run_dir: Path, *overrides: str) -> dict:
-        cfg = compose("trainer.progress=none", *overrides)
-        return train(cfg, run_dir, Console(quiet=True), config_yaml=OmegaConf.to_yaml(cfg, resolve=True))
-
-    return go
 
 
 def steps(run: Path) -> list[str]:
@@ -266,6 +252,28 @@ def test_sigterm_saves_at_the_next_safe_point_exits_143_and_resumes_exactly(tmp_
     assert json.loads((run / "summary.json").read_text())["weights_sha256"] == uninterrupted["weights_sha256"]
 
 
+def test_a_second_sigterm_while_stopping_exits_143_at_once():
+    """The signal handler itself: a second SIGTERM 0.15 s after the first, while the run is still
+    stopping, ends the process with 143 (it once raised NameError: `os` was not imported)."""
+    code = (
+        "import os, signal, time\nfrom dltrain.engine.checkpoint import StopSignals\n"
+        "with StopSignals() as stop:\n    os.kill(os.getpid(), signal.SIGTERM)\n    time.sleep(0.15)\n"
+        "    assert stop.received == signal.SIGTERM\n    os.kill(os.getpid(), signal.SIGTERM)\n    time.sleep(5)\n"
+        "raise SystemExit('the second SIGTERM did not end the process')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 143 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_two_sigterms_to_a_training_run_exit_143(tmp_path):
+    """As a user would: SIGTERM twice, 0.15 s apart, to a run. The second may land while the run
+    saves its checkpoint or after the loop has returned; either way the run ends with 143."""
+    run = tmp_path / "run"
+    r = cli(*CLI_RUN, f"hydra.run.dir={run}", env={"DLTRAIN_TEST_KILL": "sigterm2:8"})
+    assert r.returncode == 143, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and "NameError" not in r.stderr
+
+
 def test_sigint_saves_and_a_second_sigint_stops_at_once(run_train, tmp_path, monkeypatch):
     from dltrain.engine.checkpoint import TrainingInterrupted
 
@@ -351,7 +359,7 @@ def test_malicious_pickle_is_refused_by_resume_and_every_loading_verb(run_train,
     for name in ("best", "last"):
         (tmp_path / "run" / "checkpoints" / f"{name}.safetensors").unlink()
         (tmp_path / "run" / "checkpoints" / f"{name}.safetensors").write_bytes(payload)
-    from dltrain.train import load_run
+    from dltrain.runs import load_run
 
     for name in ("best", "last"):
         with pytest.raises(UserError):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MNIST_TEST, REPO
+from tests.conftest import MNIST_TEST, NO_MNIST, REPO
 
 DLTRAIN = [sys.executable, "-m", "dltrain"]
 
@@ -96,12 +96,13 @@ def test_cfg_job_prints_the_composed_config(tmp_path):
         (["reg=[l2,dropuot]"], ["reg='dropuot'", "did you mean 'dropout'?"]),
         (["data=iris", "model=cnn"], ["model=cnn", "data=iris"]),
         (["data=diabetes", "loss=cross_entropy"], ["loss=cross_entropy", "mse"]),
-        (["data=mnist", "data.root=/nonexistent/mnist", "data.download=false"], ["/nonexistent/mnist", "t10k-images-idx3-ubyte.gz"]),
+        (["data=mnist", "data.root={missing}", "data.download=false"], ["{missing}", "t10k-images-idx3-ubyte.gz"]),
         (["model=[mlp"], ["cannot parse override"]),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, args, fragments):
-    run = tmp_path / "run"
+    run, missing = tmp_path / "run", str(tmp_path / "no-such-folder")
+    args, fragments = [a.replace("{missing}", missing) for a in args], [f.replace("{missing}", missing) for f in fragments]
     assert_user_error(dltrain(*args, f"hydra.run.dir={run}", cwd=tmp_path), *fragments)
     assert not run.exists()
 
@@ -141,7 +142,8 @@ def test_tensorboard_logger_writes_event_files(tmp_path):
 def test_non_editable_install_works_from_any_directory(tmp_path):
     """Build a wheel, install it without the source tree, run it from an unrelated folder."""
     wheel_dir, site = tmp_path / "wheel", tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(REPO), "-w", str(wheel_dir)], check=True, capture_output=True)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", str(REPO), "-w", str(wheel_dir)], check=True, capture_output=True, text=True)
+    assert "absent from the `packages` configuration" not in built.stdout + built.stderr  # every config folder is declared
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), *map(str, wheel_dir.glob("*.whl"))], check=True, capture_output=True)
     # A fresh interpreter that sees the dependencies and the installed wheel, but not the source.
     deps = [p for p in sys.path if p.endswith("site-packages")]
@@ -156,7 +158,7 @@ def test_non_editable_install_works_from_any_directory(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not MNIST_TEST.is_dir(), reason="../shared/data/mnist-test is absent")
+@pytest.mark.skipif(not MNIST_TEST.is_dir(), reason=NO_MNIST)
 def test_mnist_files_train_from_the_cli(tmp_path):
     run = tmp_path / "run"
     result = dltrain("data=mnist", f"data.root={MNIST_TEST}", "model=cnn", "trainer.max_epochs=1", f"hydra.run.dir={run}", cwd=tmp_path)

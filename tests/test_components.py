@@ -29,8 +29,8 @@ from dltrain.optim import OPTIMIZERS, SCHEDULES
 from dltrain.regularization import REGULARIZERS, WeightPenalty
 from dltrain.tasks import TASKS
 from dltrain.tasks.supervised import SupervisedTask
-
 from tests.conftest import MNIST_TEST  # noqa: E402
+
 LOCAL_FILES = {"mnist": MNIST_TEST}  # file-backed datasets with a local copy for tests
 
 DATA_FOR_KIND = {"image": "digits", "sequence": "sine", "table": "iris"}
@@ -441,7 +441,7 @@ def build_data(name: str, **params: Any) -> DataBundle:
 def rows(split: Split) -> set[bytes]:
     x = split.x.reshape(len(split), -1).numpy()
     y = split.y.reshape(len(split), -1).numpy().astype(np.float32)
-    return {a.tobytes() + b.tobytes() for a, b in zip(x, y)}
+    return {a.tobytes() + b.tobytes() for a, b in zip(x, y, strict=True)}
 
 
 @pytest.mark.parametrize("name", DATASETS.names())
@@ -481,7 +481,7 @@ def test_dataset_builds_disjoint_normalised_seeded_splits(name: str, tmp_path) -
 
 @pytest.mark.parametrize("name", [n for n in DATASETS.names() if "test_fraction" in DATASETS.get(n).params()])
 def test_dataset_fractions(name: str) -> None:
-    if "root" in DATASETS.get(name).params() and not LOCAL_FILES.get(name, Path("/nonexistent")).is_dir():
+    if "root" in DATASETS.get(name).params() and not (name in LOCAL_FILES and LOCAL_FILES[name].is_dir()):
         pytest.skip("no local copy")
     a = build_data(name, val_fraction=0.25, test_fraction=0.2)
     b = build_data(name, val_fraction=0.1, test_fraction=0.4)
@@ -525,7 +525,7 @@ def test_task_metrics_match_scikit_learn(name: str) -> None:
             "r2": r2_score(true, pred),
         }
     state = task.new_state(torch.device("cpu"))
-    for o, t in zip(out.split(16), y.split(16)):  # uneven batches
+    for o, t in zip(out.split(16), y.split(16), strict=True):  # uneven batches
         task.accumulate(state, o, t)
     got = task.compute(state)
     assert set(got) == set(expected)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from dltrain.compose import check_command_line, config_dir, groups
+from dltrain.compose import config_dir, groups
 from dltrain.config import TrainerConfig, validate
 from dltrain.data import DATASETS, LOADER_KEYS
 from dltrain.engine.loggers import LOGGERS
@@ -18,8 +18,9 @@ from dltrain.losses import LOSSES
 from dltrain.models import MODELS
 from dltrain.models.layers import INITS
 from dltrain.optim import OPTIMIZERS, SCHEDULES
-from dltrain.regularization import REGULARIZERS
+from dltrain.preflight import check_command_line
 from dltrain.registry import Registry
+from dltrain.regularization import REGULARIZERS
 from dltrain.schema import check_value, parse_dataclass
 
 REGISTRIES: dict[str, Registry] = {

@@ -52,7 +52,7 @@ def test_rank_shards_partition_every_global_batch_and_weights_average_to_one(n, 
     whole = TensorLoader(x, y, batch, generator=torch.Generator().manual_seed(3), **kw)
     shards = [TensorLoader(x, y, batch, generator=torch.Generator().manual_seed(3), shard=(r, world), **kw) for r in range(world)]
     # a rank whose part of a batch is empty (a last batch smaller than the world) skips it
-    per_rank = [dict(zip((i for i in range(len(s)) if s._part(i)[1] < s._part(i)[2]), s.batches())) for s in shards]
+    per_rank = [dict(zip((i for i in range(len(s)) if s._part(i)[1] < s._part(i)[2]), s.batches(), strict=False)) for s in shards]
     for i, (_, yb) in enumerate(whole.batches()):
         parts = [per_rank[r][i][1] if i in per_rank[r] else yb[:0] for r in range(world)]
         assert torch.equal(torch.cat(parts), yb)  # the ranks' parts, in rank order, are the global batch
@@ -209,7 +209,7 @@ def test_random_shift_moves_each_image_by_its_own_offset_within_the_limit():
     out = random_shift(x, 2)
     assert out.shape == x.shape and out.dtype == x.dtype
     offsets = set()
-    for img, src in zip(out, x):
+    for img, src in zip(out, x, strict=True):
         # which (dy, dx) in [-2, 2]^2 reproduces this image, with edges repeated?
         found = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
                  if torch.equal(img, src[:, (torch.arange(9) + dy).clamp(0, 8)][:, :, (torch.arange(11) + dx).clamp(0, 10)])]

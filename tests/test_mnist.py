@@ -19,11 +19,12 @@ from dltrain.data import DATASETS
 from dltrain.data import mnist as mnist_module
 from dltrain.data.mnist import FASHION_CLASSES, download_file, read_idx
 from dltrain.errors import UserError
-
 from tests.conftest import MNIST_TEST as SHARED  # noqa: E402
+from tests.conftest import NO_MNIST  # noqa: E402
+
 TEST_CLASS_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 ALL_FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} is absent")
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=NO_MNIST)
 
 
 def write_idx(path: Path, array: np.ndarray) -> Path:

@@ -8,7 +8,7 @@ import pytest
 
 from dltrain.recipe import info, recipe_names, recipes_dir
 from tests.conftest import assert_one_line_exit_2
-from tests.test_sweep import in_process, one_torch_thread  # noqa: F401  (fixture)
+from tests.test_sweep import in_process
 
 PINNED_GROUPS = {"model", "data", "loss", "optim", "sched", "reg", "init", "trainer", "logger"}
 SINGLE_RUNS = [n for n in recipe_names() if not info(n).sweep]

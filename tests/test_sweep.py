@@ -14,17 +14,6 @@ from tests.conftest import assert_one_line_exit_2
 from tests.test_cli import dltrain
 
 
-@pytest.fixture
-def one_torch_thread():
-    """Train with one torch thread: on a busy 2-core machine two threads can be 100x slower."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def rows(sweep: Path) -> list[dict]:
     return list(csv.DictReader((sweep / "sweep.csv").open()))
 
@@ -133,14 +122,15 @@ def test_bad_sweeps_fail_at_once_with_one_line(tmp_path, capsys, monkeypatch, ar
 
 def test_every_search_preset_composes_and_its_space_validates():
     """Each hparams_search preset: every choice and both ends of every range is a valid job."""
-    from dltrain.compose import _parse, check_command_line, groups
-    from dltrain.sweep import _sweeper_config
+    from dltrain.compose import groups
+    from dltrain.overrides import parse
+    from dltrain.preflight import check_command_line, sweeper_config
 
     presets = groups()["hparams_search"]
     assert {"mlp_digits", "cnn_digits", "rnn_digits", "mlp_diabetes", "gru_sine"} <= set(presets)
     for name in presets:
         check_command_line([f"hparams_search={name}"], multirun=True)
-        sweeper = _sweeper_config([f"hparams_search={name}"], _parse([f"hparams_search={name}"]))
+        sweeper = sweeper_config([f"hparams_search={name}"], parse([f"hparams_search={name}"]))
         assert sweeper["_target_"].endswith("OptunaSweeper") and sweeper["params"], name
 
 
@@ -156,9 +146,9 @@ def test_launcher_choices_compose(launcher, target, keys):
     from hydra import compose, initialize_config_dir
 
     from dltrain.compose import config_dir
-    from dltrain.search import register_sweeper
+    from dltrain.search import register_sweeper_config
 
-    register_sweeper()
+    register_sweeper_config()
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
         cfg = compose("config", overrides=[f"launcher={launcher}", "hparams_search=mlp_digits"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith(target)

@@ -7,6 +7,6 @@
     dltrain explain RUN_DIR    captum attributions as heatmaps over the inputs
     dltrain robust RUN_DIR     accuracy under FGSM, PGD and Gaussian noise
 
-Each verb reads only the run directory (through `dltrain.train.load_run`), never the training
+Each verb reads only the run directory (through `dltrain.runs.load_run`), never the training
 loop. One module per verb; `common` holds what they share.
 """

@@ -16,7 +16,7 @@ from torch import nn
 
 from dltrain.data.base import DataBundle, Split
 from dltrain.errors import UserError
-from dltrain.train import LoadedRun, load_run
+from dltrain.runs import LoadedRun, load_run
 
 SUPERVISED = ("classification", "regression", "forecasting")
 

@@ -30,8 +30,8 @@ from torch.nn.utils import prune
 
 from dltrain.analysis.common import RunOptions, open_run, output_dir, predict_outputs, print_table, print_written, to_target_units, write_csv, write_json
 from dltrain.errors import UserError
+from dltrain.runs import LoadedRun
 from dltrain.schema import NonNegativeInt, Positive, PositiveInt, Probability
-from dltrain.train import LoadedRun
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 

@@ -83,7 +83,7 @@ def classification_report(data: DataBundle, split: Split, logits: torch.Tensor, 
         plots.confusion_matrix_png(cm, names, out / "confusion_matrix.png", f"{title}\naccuracy {metrics['accuracy']:.4f}"),
         write_csv(
             out / "predictions.csv",
-            [{"index": i, "true": names[t], "pred": names[p], "confidence": float(c)} for i, (t, p, c) in enumerate(zip(y_true, y_pred, confidence))],
+            [{"index": i, "true": names[t], "pred": names[p], "confidence": float(c)} for i, (t, p, c) in enumerate(zip(y_true, y_pred, confidence, strict=True))],
         ),
     ]
     wrong = np.flatnonzero(y_pred != y_true)
@@ -119,7 +119,7 @@ def regression_report(
     }
     dim = true.shape[1]
     columns = ["index"] + [f"{kind}{'' if dim == 1 else f'_{j}'}" for kind in ("true", "pred") for j in range(dim)]
-    rows = [dict(zip(columns, [i, *map(float, t), *map(float, p)])) for i, (t, p) in enumerate(zip(true, pred))]
+    rows = [dict(zip(columns, [i, *map(float, t), *map(float, p)], strict=True)) for i, (t, p) in enumerate(zip(true, pred, strict=True))]
     files = [
         write_csv(out / "predictions.csv", rows, columns),
         plots.scatter_png(true, pred, out / "pred_vs_true.png", f"{title}\nRMSE {metrics['rmse']:.4g}, R2 {metrics['r2']:.3f}"),

@@ -77,10 +77,10 @@ def run_explain(opts: ExplainOptions) -> int:
     out = output_dir(loaded, "explain")
     method = opts.method.replace("_", " ")
     title = f"{method} for the predicted class: {built.spec.model['name']} on {data.name} ({opts.split} split)"
-    labels = [f"#{i} pred {names[p]} ({probs[i, p]:.2f}) / true {names[t]}" for i, (p, t) in enumerate(zip(pred.tolist(), y.tolist()))]
+    labels = [f"#{i} pred {names[p]} ({probs[i, p]:.2f}) / true {names[t]}" for i, (p, t) in enumerate(zip(pred.tolist(), y.tolist(), strict=True))]
     if data.kind == "image" and x.dim() == 4:
         heat = attr.sum(1).numpy()  # channels add up: one heatmap per image
-        titles = [f"pred {names[p]} ({probs[i, p]:.2f})\ntrue {names[t]}" for i, (p, t) in enumerate(zip(pred.tolist(), y.tolist()))]
+        titles = [f"pred {names[p]} ({probs[i, p]:.2f})\ntrue {names[t]}" for i, (p, t) in enumerate(zip(pred.tolist(), y.tolist(), strict=True))]
         png = plots.attribution_grid(display_images(data, x).numpy(), heat, titles, out / f"{opts.method}.png", title)
     else:
         xlabel = "feature" if x.dim() == 2 else "time step x feature (flattened)"
@@ -89,7 +89,7 @@ def run_explain(opts: ExplainOptions) -> int:
     np.savez_compressed(npz, inputs=x.numpy(), attributions=attr.numpy(), pred=pred.numpy(), true=y.numpy(), index=np.arange(len(x)))
     rows = [
         {"index": i, "true": names[t], "pred": names[p], "confidence": float(probs[i, p]), "attribution_sum": float(a.sum()), "attribution_abs_max": float(a.abs().max())}
-        for i, (p, t, a) in enumerate(zip(pred.tolist(), y.tolist(), attr))
+        for i, (p, t, a) in enumerate(zip(pred.tolist(), y.tolist(), attr, strict=True))
     ]
     csv_path = write_csv(out / f"{opts.method}.csv", rows)
     print_table(title, ["example", "true", "pred", "confidence", "sum of attributions"], [(r["index"], r["true"], r["pred"], r["confidence"], r["attribution_sum"]) for r in rows])

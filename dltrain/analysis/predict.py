@@ -175,10 +175,10 @@ def prediction_rows(data: DataBundle, task: str, outputs: torch.Tensor, names: l
         probs = outputs.softmax(-1)
         classes = data.class_names or [str(i) for i in range(probs.shape[1])]
         rows = []
-        for name, p in zip(names, probs.tolist()):
+        for name, p in zip(names, probs.tolist(), strict=True):
             k = int(np.argmax(p))
-            rows.append({"input": name, "pred": classes[k], "pred_index": k, "confidence": p[k], **{f"prob_{c}": v for c, v in zip(classes, p)}})
+            rows.append({"input": name, "pred": classes[k], "pred_index": k, "confidence": p[k], **{f"prob_{c}": v for c, v in zip(classes, p, strict=True)}})
         return rows
     values = to_target_units(data, outputs).tolist()
     dim = len(values[0]) if values else 1
-    return [{"input": name, **{f"pred{'' if dim == 1 else f'_{j}'}": v for j, v in enumerate(row)}} for name, row in zip(names, values)]
+    return [{"input": name, **{f"pred{'' if dim == 1 else f'_{j}'}": v for j, v in enumerate(row)}} for name, row in zip(names, values, strict=True)]

@@ -4,15 +4,7 @@ Keys of the ``data`` config node: ``name`` (the dataset), the loader's ``batch_s
 builder's own parameters (``val_fraction``, ``split_seed``, ``root`` for file-backed sets, …).
 """
 
-from dltrain.data.base import DataBundle, Split
-from dltrain.registry import Registry
-
-DATASETS = Registry("data")
-
-# Keys of the data node used by the loader rather than the dataset builder: the batch size and,
-# for images, a random shift of up to `shift` pixels applied to training batches on the device.
-LOADER_KEYS = ("batch_size", "shift")
-
-from dltrain.data import mnist, sequence, tabular  # noqa: E402,F401  (registration)
+from dltrain.data import mnist, sequence, tabular  # noqa: F401  (registration)
+from dltrain.data.base import DATASETS, LOADER_KEYS, DataBundle, Split
 
 __all__ = ["DATASETS", "LOADER_KEYS", "DataBundle", "Split"]

@@ -8,6 +8,14 @@ from typing import Literal
 import numpy as np
 import torch
 
+from dltrain.registry import Registry
+
+DATASETS = Registry("data")
+
+# Keys of the data node used by the loader rather than the dataset builder: the batch size and,
+# for images, a random shift of up to `shift` pixels applied to training batches on the device.
+LOADER_KEYS = ("batch_size", "shift")
+
 
 @dataclass
 class Split:

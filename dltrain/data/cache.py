@@ -77,7 +77,7 @@ def entry(name: str, params: dict, source: str) -> Path:
 def write(path: Path, bundle: DataBundle) -> None:
     from safetensors.torch import save
 
-    from dltrain.engine.rundir import atomic_write
+    from dltrain.files import atomic_write
 
     tensors = {f"{split}.{part}": getattr(getattr(bundle, split), part).contiguous() for split in SPLITS for part in ("x", "y")}
     meta = {field: getattr(bundle, field) for field in FIELDS}

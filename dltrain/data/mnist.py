@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dltrain.data import DATASETS
-from dltrain.data.base import DataBundle, Split, classification_bundle, standardize
+from dltrain.data.base import DATASETS, DataBundle, Split, classification_bundle, standardize
 from dltrain.errors import UserError
 from dltrain.schema import Fraction, NonNegativeInt
 

@@ -7,10 +7,9 @@ from typing import Annotated
 import numpy as np
 import torch
 
-from dltrain.data import DATASETS
+from dltrain.data.base import DATASETS, DataBundle, Split, standardize
 from dltrain.errors import UserError
-from dltrain.data.base import DataBundle, Split, standardize
-from dltrain.schema import NonNegative, NonNegativeInt, PositiveInt, Fraction, Range
+from dltrain.schema import Fraction, NonNegative, NonNegativeInt, PositiveInt, Range
 
 SeriesLength = Annotated[int, Range(200)]
 

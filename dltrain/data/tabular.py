@@ -10,8 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dltrain.data import DATASETS
-from dltrain.data.base import DataBundle, Split, classification_bundle, standardize, stratified_split
+from dltrain.data.base import DATASETS, DataBundle, Split, classification_bundle, standardize, stratified_split
 from dltrain.data.cache import cached
 from dltrain.schema import Fraction, NonNegativeInt
 

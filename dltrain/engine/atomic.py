@@ -1,10 +1,7 @@
-"""Checkpoint directories on disk: atomic commits, manifests, verification, and the writer process.
+"""Checkpoint directories on disk: atomic commits, manifests, pruning and verification.
 
-This module imports no torch, on purpose: the checkpoint writer process (`python -m
-dltrain.engine.atomic`, started by engine/writer.py) runs only this file. It gets each
-checkpoint as finished file bytes in a shared-memory staging buffer (the trainer laid the
-safetensors files out there itself) and a JSON message naming the byte range of each file; it
-hashes, writes, fsyncs and commits them. Nothing it receives is unpickled.
+This module imports no torch, on purpose: the checkpoint writer process
+(engine/writer_process.py) commits checkpoints through it.
 
 A checkpoint is written into a hidden temporary directory (each file fsynced, MANIFEST last), the
 directory is fsynced and renamed into place, then the parent is fsynced: a kill at any instant
@@ -16,19 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 import os
 import re
 import shutil
 import signal
-import socket
-import struct
-import sys
-import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from dltrain.errors import UserError
+from dltrain.files import fsync_dir, write_synced
 
 # Version of what dltrain writes into checkpoints; readers refuse newer formats.
 # 1: the optimizer/scheduler/RNG state in state.pt (torch.save). 2: in state.safetensors, with its
@@ -46,64 +39,34 @@ class CheckpointError(UserError):
 # ---- writing ---------------------------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+TRAINER_PID = [os.getpid()]  # the writer process is told its trainer's pid (the kill hook below)
+_SAVES = [0]  # checkpoints this process has begun to commit (the kill hook counts them)
 
 
-def _write(path: Path, data: bytes | memoryview) -> None:
-    """Write and fsync `path`. A file already there (a recycled checkpoint's, see `prune`) is
-    overwritten in place, unless another name links to it: on the VMs we measured, a new file
-    (and the deletion of an old one) slowed a training process on another core several times more
-    than overwriting the same bytes of a file that exists."""
-    _fail_hook(path)
-    try:
-        fd = os.open(path, os.O_WRONLY)
-        if os.fstat(fd).st_nlink > 1:  # e.g. checkpoints/best.safetensors: never changed through another name
-            os.close(fd)
-            os.unlink(path)
-            raise FileNotFoundError
-    except FileNotFoundError:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-    with open(fd, "wb") as f:
-        f.write(data)
-        f.truncate()
-        f.flush()
-        os.fsync(f.fileno())
-
-
-_TRAINER_PID = os.getpid()  # the writer process is told its trainer's pid (the kill hook below)
-
-
-def _kill_hook(point: str) -> None:
-    """Tests: DLTRAIN_TEST_KILL=save:N SIGKILLs the training process (and a writer process) in the
-    middle of the N-th checkpoint write."""
-    spec = os.environ.get("DLTRAIN_TEST_KILL", "")
-    if spec.startswith("save:"):
-        _kill_hook.count = getattr(_kill_hook, "count", 0) + 1  # type: ignore[attr-defined]
-        if _kill_hook.count == int(spec[5:]):  # type: ignore[attr-defined]
-            if os.getpid() != _TRAINER_PID:
-                os.kill(_TRAINER_PID, signal.SIGKILL)
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _fail_hook(path: Path) -> None:
-    """Tests: DLTRAIN_TEST_WRITE_ERROR=ERRNO:step-NNNNNNNN makes writing that checkpoint's files
-    fail with that errno (ENOSPC: a full disk), in whichever process writes it."""
-    spec = os.environ.get("DLTRAIN_TEST_WRITE_ERROR", "")
-    if spec:
-        code, _, name = spec.partition(":")
-        if path.parent.name.startswith(f".tmp-{name}-"):
+def _test_hooks(name: str):
+    """Tests only, read once per commit: DLTRAIN_TEST_KILL=save:N SIGKILLs the training process (and
+    a writer process) in the middle of the N-th checkpoint write; DLTRAIN_TEST_WRITE_ERROR=
+    ERRNO:step-NNNNNNNN makes writing that checkpoint fail with that errno (ENOSPC: a full disk),
+    in whichever process writes it."""
+    kill, error = os.environ.get("DLTRAIN_TEST_KILL", ""), os.environ.get("DLTRAIN_TEST_WRITE_ERROR", "")
+    if error:
+        code, _, target = error.partition(":")
+        if target == name:
             import errno
 
             number = getattr(errno, code)
-            raise OSError(number, os.strerror(number), str(path))
+            raise OSError(number, os.strerror(number), name)
+    if kill.startswith("save:"):
+        _SAVES[0] += 1
+        if _SAVES[0] == int(kill[5:]):
+            return _kill_mid_write
+    return None
+
+
+def _kill_mid_write() -> None:
+    if os.getpid() != TRAINER_PID[0]:
+        os.kill(TRAINER_PID[0], signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def commit(root: Path, name: str, files: Mapping[str, bytes | memoryview]) -> tuple[Path, dict]:
@@ -115,6 +78,7 @@ def commit(root: Path, name: str, files: Mapping[str, bytes | memoryview]) -> tu
     final = root / name
     tmp = root / f".tmp-{name}-{os.getpid()}"
     try:
+        kill = _test_hooks(name)
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         try:  # the checkpoint `prune` set aside: its files are overwritten in place
@@ -126,19 +90,19 @@ def commit(root: Path, name: str, files: Mapping[str, bytes | memoryview]) -> tu
             tmp.mkdir()
         manifest: dict = {"format": CHECKPOINT_FORMAT, "files": {}}
         for i, (fname, data) in enumerate(files.items()):
-            _write(tmp / fname, data)
+            write_synced(tmp / fname, data, in_place=True)
             manifest["files"][fname] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-            if i == 0:
-                _kill_hook("save")
-        _write(tmp / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
-        _fsync_dir(tmp)
+            if i == 0 and kill:
+                kill()
+        write_synced(tmp / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode(), in_place=True)
+        fsync_dir(tmp)
         old = None
         if final.exists():  # the same step written again (after a resume): swap, then drop the old one
             old = root / f".old-{name}-{os.getpid()}"
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except OSError as e:
@@ -264,80 +228,3 @@ def newest_valid(paths: Sequence[Path], fallback: bool, warn=None) -> tuple[Path
             if warn:
                 warn(f"skipping {e}")
     raise CheckpointError(f"no valid checkpoint: {errors[0]}" + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
-
-
-# ---- the writer process ----------------------------------------------------------------------
-# Messages between the trainer and its writer: a 4-byte little-endian length, then JSON.
-
-
-def send(sock: socket.socket, message: object) -> None:
-    data = json.dumps(message).encode()
-    sock.sendall(struct.pack("<I", len(data)) + data)
-
-
-def receive(sock: socket.socket) -> object:
-    """The next message; EOFError when the other side is gone."""
-    (n,) = struct.unpack("<I", _exactly(sock, 4))
-    return json.loads(_exactly(sock, n))
-
-
-def _exactly(sock: socket.socket, n: int) -> bytes:
-    chunks, got = [], 0
-    while got < n:
-        chunk = sock.recv(n - got)
-        if not chunk:
-            raise EOFError
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
-
-
-def serve(sock: socket.socket, staging: memoryview, root: Path, keep_last: int) -> int:
-    """The writer process's loop. Each message is {"name": "step-...", "files": [[file, start,
-    end], ...]}: commit those byte ranges of the staging buffer as checkpoint root/name, then answer
-    ["ok", path] or ["error", kind, message]. None (or the trainer gone) ends it."""
-    while True:
-        try:
-            message = receive(sock)
-        except (EOFError, OSError):  # the trainer is gone (killed): nothing more will come
-            return 0
-        if message is None:
-            return 0
-        try:
-            files = {fname: staging[start:end] for fname, start, end in message["files"]}
-            answer = ["ok", str(write_checkpoint(root, message["name"], files, keep_last))]
-        except CheckpointError as e:
-            answer = ["error", "CheckpointError", str(e)]
-        except Exception as e:  # noqa: BLE001  (a bug: the trainer reports it with its traceback)
-            answer = ["error", type(e).__name__, "".join(traceback.format_exception(e)).strip()]
-        finally:
-            files = {}  # no view of the staging buffer outlives the write (it is closed at exit)
-        try:
-            send(sock, answer)
-        except OSError:
-            return 0
-
-
-def main(argv: Sequence[str]) -> int:
-    """python -m dltrain.engine.atomic SOCKET_FD STAGING_FD STAGING_BYTES TRAINER_PID KEEP_LAST ROOT"""
-    global _TRAINER_PID
-    sock_fd, mem_fd, size, _TRAINER_PID, keep_last = (int(a) for a in argv[:5])
-    root = Path(argv[5])
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # trainer decides; we finish the write in hand
-    try:  # run only on a core the trainer leaves idle: its threads never wait for the writer
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):
-        os.nice(19)
-    sock = socket.socket(fileno=sock_fd)
-    with mmap.mmap(mem_fd, size) as mem:
-        staging = memoryview(mem)
-        try:
-            return serve(sock, staging, root, keep_last)
-        finally:
-            staging.release()
-            discard_spare(root)
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

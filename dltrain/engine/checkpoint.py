@@ -16,8 +16,8 @@ One directory per checkpoint, named by the optimizer step it was taken after:
         MANIFEST.json       size and sha256 of every file above: written last, the commit marker
 
 Everything is safetensors or JSON: loading never unpickles (format-1 checkpoints kept that state
-in state.pt, read with torch.load(weights_only=True)). Commits, verification and the writer
-process are in engine/atomic.py; engine/writer.py decides who writes.
+in state.pt, read with torch.load(weights_only=True)). Commits and verification are in
+engine/atomic.py; engine/writer.py decides who writes (engine/writer_process.py: the writer process).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import random
 import signal
 import struct
@@ -161,7 +162,7 @@ def snapshot(loop: LoopState, model_state: Mapping[str, torch.Tensor], phases, g
             ph.name: {
                 "optimizer": ph.optimizer.state_dict(),
                 "scheduler": ph.schedule.scheduler.state_dict() if ph.schedule.scheduler is not None else None,
-                "scaler": ph.scaler.state_dict() if ph.scaler is not None else None,
+                "scaler": ph.scaler.state_dict() if ph.scaler is not None and ph.scaler.is_enabled() else None,
             }
             for ph in phases
         },
@@ -204,7 +205,7 @@ class _RowsJson:
         self.parts: list[str] = []
 
     def encode(self, rows: Sequence[dict]) -> str:
-        if len(self.rows) > len(rows) or any(a is not b for a, b in zip(self.rows, rows)):
+        if len(self.rows) > len(rows) or any(a is not b for a, b in zip(self.rows, rows, strict=False)):
             self.rows, self.parts = [], []  # another run, or a resumed one
         for row in rows[len(self.rows) :]:
             self.rows.append(row)
@@ -365,7 +366,7 @@ class Staging:
                     if f.unchanged is not None and f.unchanged is last[2]:
                         views = None  # the buffer holds these bytes already
                 else:
-                    views = [self.bytes[start + o : start + o + t.numel() * t.element_size()].view(t.dtype).view(t.shape) for t, o in zip(f.tensors, f.offsets)]
+                    views = [self.bytes[start + o : start + o + t.numel() * t.element_size()].view(t.dtype).view(t.shape) for t, o in zip(f.tensors, f.offsets, strict=True)]
                 self._last[fname] = (layout, views if views is not None else last[1], f.unchanged)
                 if views is not None:
                     dsts += views
@@ -379,7 +380,7 @@ class Staging:
             if all(t.device.type == "cpu" for t in srcs):
                 torch._foreach_copy_(dsts, srcs)
             else:
-                for dst, src in zip(dsts, srcs):
+                for dst, src in zip(dsts, srcs, strict=True):
                     dst.copy_(src)
         if runs and not _all_finite(runs):
             raise NonFiniteWeights
@@ -482,8 +483,9 @@ def restore(path: Path, files: Mapping[str, bytes], *, model: torch.nn.Module, p
 class StopSignals:
     """SIGINT/SIGTERM set `received`; the loop saves a checkpoint at the next safe point and stops.
 
-    A second signal stops at once (SIGINT: KeyboardInterrupt; SIGTERM: exit 143). Only the main
-    thread can install handlers; elsewhere this does nothing.
+    A second signal stops at once (SIGINT: KeyboardInterrupt; SIGTERM: exit 143, also after the
+    loop has returned, while the stop finishes). Only the main thread can install handlers;
+    elsewhere this does nothing.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -502,10 +504,17 @@ class StopSignals:
         if self.received is not None:
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt
-            os._exit(128 + signum)
+            _exit_at_once(signum, frame)
         self.received = signum
 
     def __exit__(self, *exc: object) -> None:
         for s, old in self._old.items():
             signal.signal(s, old)
+        if self.received == signal.SIGTERM and self._old:  # the run is stopping: another SIGTERM ends it at once
+            signal.signal(signal.SIGTERM, _exit_at_once)
         self._old = {}
+
+
+def _exit_at_once(signum: int, frame) -> None:
+    """A second SIGTERM while a run stops: exit with its code now (the checkpoint in flight may be lost)."""
+    os._exit(128 + signum)

@@ -3,8 +3,8 @@
 Two ways in, one way of training:
 - `dltrain trainer.devices=N` on one machine: the dltrain process composes and checks the config,
   then starts N ranks with torchrun's own launcher (`elastic_launch`, what `torchrun
-  --standalone --nproc_per_node=N` runs) and waits; each rank runs `python -m
-  dltrain.engine.distributed CONFIG RUN_DIR` and trains. A sweep job with trainer.devices=N
+  --standalone --nproc_per_node=N` runs) and waits; each rank runs the entry module it is
+  given (`python -m dltrain.rank CONFIG RUN_DIR`) and trains. A sweep job with trainer.devices=N
   does the same, so an Optuna sweep samples its hyperparameters once, not per rank.
 - `torchrun [--nnodes ... --rdzv-endpoint ...] -m dltrain ...`: torchrun starts the ranks; each
   joins the process group before Hydra runs and takes rank 0's run directory (`agree_run_dir`).
@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dltrain.errors import ConfigError, UserError
+from dltrain.errors import ConfigError
 
 log = logging.getLogger("dltrain")
 
@@ -107,20 +107,18 @@ def check_devices(backend: str, cuda: bool, per_node: int) -> None:
         raise ConfigError("trainer.devices", per_node, f"this machine has {torch.cuda.device_count()} CUDA device(s); allowed: at most that many ranks per machine, or trainer.device=cpu")
 
 
-def join_submitit_tasks(cfg) -> Ranks:
+def join_submitit_tasks(backend: str, device: str, timeout_s: int) -> Ranks:
     """A sweep job that submitit started as several tasks (launcher=slurm with nodes and
     tasks_per_node, or submitit_local with tasks_per_node): each task joins as one rank, with the
     rendezvous submitit derives from the Slurm job (first host, a port seeded by the job id)."""
     if os.environ.get("SUBMITIT_EXECUTOR") is None:
         return current()
     import submitit
-    from omegaconf import OmegaConf
 
     if submitit.JobEnvironment().num_tasks <= 1:
         return current()
     submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
-    trainer = OmegaConf.select(cfg, "trainer")
-    return join(trainer.backend, trainer.device, trainer.dist_timeout)
+    return join(backend, device, timeout_s)
 
 
 def agree_run_dir(default: str) -> str:
@@ -214,7 +212,7 @@ def from_rank_0(metrics: dict[str, float], ranks: Ranks) -> dict[str, float]:
 
     values = torch.tensor([float(v) for v in metrics.values()], dtype=torch.float64)
     dist.broadcast(values, src=0)
-    return metrics if ranks.main else dict(zip(metrics, values.tolist()))
+    return metrics if ranks.main else dict(zip(metrics, values.tolist(), strict=True))
 
 
 def gather_rng(ranks: Ranks) -> list[torch.Tensor] | None:
@@ -249,10 +247,11 @@ def set_rank_rng(states: Sequence[torch.Tensor] | None, ranks: Ranks) -> None:
 # ---- launching ranks on this machine ---------------------------------------------------------
 
 
-def launch(devices: int, trainer, config_yaml: str, run_dir: Path) -> dict[str, Any]:
+def launch(devices: int, trainer, config_yaml: str, run_dir: Path, entry: str) -> dict[str, Any]:
     """Train with `devices` ranks on this machine through torchrun's launcher; return the summary.
 
-    Each rank gets the resolved config (in a temporary file) and the run directory. The
+    Each rank runs `python -m <entry> CONFIG_FILE RUN_DIR`: the resolved config (in a temporary
+    file) and the run directory. The
     launcher forwards SIGINT/SIGTERM to the ranks (they checkpoint at the next safe step) and, if
     a rank dies, stops the others at once.
     """
@@ -278,7 +277,7 @@ def launch(devices: int, trainer, config_yaml: str, run_dir: Path) -> dict[str, 
         config_file.write_text(config_yaml)
         log.info("launching %d ranks (torch.distributed elastic launch) into %s", devices, run_dir)
         try:
-            elastic_launch(config, sys.executable)("-m", "dltrain.engine.distributed", str(config_file), str(run_dir))
+            elastic_launch(config, sys.executable)("-m", entry, str(config_file), str(run_dir))
         except SignalException as e:  # the ranks got the signal too, and saved a checkpoint
             raise RanksFailed(128 + int(e.sigval), f"continue with: dltrain resume={run_dir}") from None
         except ChildFailedError as e:
@@ -309,46 +308,6 @@ def _failure(e, run_dir: Path) -> RanksFailed:
     return RanksFailed(code, f"rank {rank} failed with exit code {code} (its error is printed above); the other ranks were stopped")
 
 
-def _rank_main(argv: Sequence[str]) -> int:
-    """One rank of a `trainer.devices=N` run: join the group, train, leave (see `launch`)."""
-    import yaml
-    from rich.console import Console
-
-    from dltrain.config import validate
-    from dltrain.engine.checkpoint import TrainingInterrupted
-    from dltrain.train import train
-
-    config_file, run_dir = argv
-    config_yaml = Path(config_file).read_text()
-    cfg = yaml.safe_load(config_yaml)
-    console = Console(stderr=True)
-    ranks = Ranks(int(os.environ.get("RANK", 0)))
-    code, message = 0, ""
-    try:
-        trainer = validate(cfg).trainer
-        ranks = join(trainer.backend, trainer.device, trainer.dist_timeout)
-        if ranks.main:
-            handler = logging.FileHandler(Path(run_dir) / "train.log")
-            handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-            logging.getLogger().addHandler(handler)
-            logging.getLogger().setLevel(logging.INFO)
-        train(cfg, run_dir, console, config_yaml=config_yaml)
-    except TrainingInterrupted as e:
-        code, message = e.code, str(e) if ranks.main else ""
-    except UserError as e:
-        code, message = 2, f"dltrain: error: {e}" if ranks.main else ""
-    except Exception as e:  # noqa: BLE001  (a peer died: the collective fails here)
-        if not is_peer_failure(e):
-            raise
-        code, message = 1, f"dltrain: error: {peer_failure_message(e, ranks)}"
-    if code == 0:
-        leave()
-        return 0
-    if message:
-        sys.stderr.write(message + "\n")
-    exit_rank(code)
-
-
 def exit_rank(code: int) -> None:
     """Exit a rank that failed or was stopped, without the interpreter's teardown: with a process
     group whose peers are gone, that teardown can abort and hide the exit code."""
@@ -372,7 +331,3 @@ def is_peer_failure(e: BaseException) -> bool:
     kinds = tuple(k for k in (getattr(dist, "DistError", None), getattr(dist, "DistBackendError", None)) if k)
     text = str(e).lower()
     return isinstance(e, kinds) or any(w in text for w in ("gloo", "nccl", "connection closed", "connection reset", "broken pipe"))
-
-
-if __name__ == "__main__":
-    sys.exit(_rank_main(sys.argv[1:]))

@@ -1,12 +1,10 @@
-"""The training loop, readable top to bottom: train an epoch, validate, log, keep the best."""
+"""The training loop, readable top to bottom: train an epoch, validate, keep the best, checkpoint."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import math
-import os
-import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,21 +13,22 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dltrain.config import TrainerConfig
 from dltrain.engine import distributed
+from dltrain.engine.callbacks import Callback, per_step
 from dltrain.engine.checkpoint import LoopState, NonFiniteWeights, StopSignals, TrainingInterrupted, _task_state, load_task_state
 from dltrain.engine.device import autocast
 from dltrain.engine.distributed import Ranks
 from dltrain.engine.loader import TensorLoader
-from dltrain.engine.loggers import Logger
-from dltrain.engine.progress import ProgressDisplay, format_row
-from dltrain.engine.rundir import RunDir
-from dltrain.engine.writer import Writer
+from dltrain.engine.settings import TrainerConfig
 from dltrain.errors import UserError
 from dltrain.optim import Schedule
 
 log = logging.getLogger("dltrain")
 _NO_CONTEXT = contextlib.nullcontext()  # reusable
+
+# Data-parallel ranks agree on whether a stop signal arrived every this many optimizer steps (and
+# at every epoch end): one all-reduce per step would cost a small model a fifth of its step time.
+SIGNAL_SYNC_STEPS = 16
 
 
 @dataclass
@@ -46,9 +45,12 @@ class FitResult:
 
 @dataclass
 class Phase:
-    """One optimisation phase of a training step: its optimizer, schedule and parameters.
+    """One optimisation phase of a training step: its optimizer, schedule, parameters and how it steps.
 
-    Most tasks have one phase; a GAN has two (discriminator "d" then generator "g").
+    Most tasks have one phase; a GAN has two (discriminator "d" then generator "g"). `scaler` is a
+    GradScaler, enabled only for trainer.precision=16 (disabled, each of its calls is a no-op);
+    `closure`: the optimizer re-evaluates the loss itself (L-BFGS); `clip_grad`: the largest
+    global gradient norm allowed.
     """
 
     name: str
@@ -57,6 +59,12 @@ class Phase:
     params: list[nn.Parameter]
     repeat: int = 1
     scaler: torch.amp.GradScaler | None = None
+    closure: bool = False
+    clip_grad: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.scaler is None:
+            self.scaler = torch.amp.GradScaler(enabled=False)
 
 
 @torch.inference_mode()
@@ -87,42 +95,36 @@ def fit(
     model: nn.Module,
     task,
     phases: Sequence[Phase],
-    train_loader: TensorLoader,
-    val_loader: TensorLoader,
-    *,
+    loaders: tuple[TensorLoader, TensorLoader],
     trainer: TrainerConfig,
+    *,
     device: torch.device,
-    run: RunDir,
-    progress: ProgressDisplay,
-    loggers: Sequence[Logger] = (),
+    ranks: Ranks = Ranks(),
     penalty: Callable[[], torch.Tensor] | None = None,
-    clip_grad: float | None = None,
-    needs_closure: bool = False,
-    state_of: Callable[[], dict[str, torch.Tensor]] | None = None,
-    warn: Callable[[str], None] = log.warning,
-    on_epoch: Callable[[dict], None] | None = None,
+    weights: Callable[[], Mapping[str, torch.Tensor]] | None = None,
+    callbacks: Sequence[Callback] = (),
     save_checkpoint: Callable[[LoopState, Mapping[str, torch.Tensor]], Path] | None = None,
     start: LoopState | None = None,
-    ranks: Ranks = Ranks(),
 ) -> FitResult:
-    """Train `model` for trainer.max_epochs (or until early stopping); return what happened.
+    """Train `model` on `loaders` (train, val) for trainer.max_epochs, or until early stopping.
 
-    `state_of` returns the weights to keep as "best" (the uncompiled module's state dict).
-    `save_checkpoint(loop_state, model_state)` writes a full checkpoint (every_n_steps,
-    every_n_epochs, on SIGINT/SIGTERM; NonFiniteWeights if the weights are not finite); `start`
-    continues from a restored checkpoint exactly where it stopped.
-    With several `ranks`, DDP wraps the training step, each rank trains on its shard of every
-    batch, the training loss is averaged over ranks and only rank 0 writes metrics and plots.
+    `penalty()` is added to every loss (L1/L2 regularisers). `weights()` returns the weights to
+    keep as "best" and to checkpoint (the uncompiled module's state dict; default: `model`'s).
+    `callbacks` act at the points engine/callbacks.py lists. `save_checkpoint(loop_state,
+    weights)` writes a full checkpoint (every_n_steps, every_n_epochs, on SIGINT/SIGTERM;
+    NonFiniteWeights if the weights are not finite); `start` continues from a restored
+    checkpoint exactly where it stopped. With several `ranks`, DDP wraps the training step, each
+    rank trains on its shard of every batch and the training loss is averaged over ranks.
     """
-    accumulate = trainer.accumulate
+    train_loader, val_loader = loaders
+    accumulate, closure = trainer.accumulate, any(ph.closure for ph in phases)
     amp = autocast(device, trainer.precision)
-    state_of = state_of or model.state_dict
+    weights = weights or model.state_dict
     monitor, stop_monitor, patience = trainer.checkpoint.monitor, trainer.early_stop.monitor, trainer.early_stop.patience
     every_steps, every_epochs = trainer.checkpoint.every_n_steps, trainer.checkpoint.every_n_epochs
-    hook, hook_at = _test_hook()  # tests only: a signal to this process after optimizer step N
-    hook_step, kill_eval = (-1, hook_at) if hook == "eval" else (hook_at, 0)  # ... or during epoch N's validation
     n_batches, loss_names = len(train_loader), ["train_loss"] if len(phases) == 1 else [f"train_{p.name}_loss" for p in phases]
     nan_skip, max_skips, skips = trainer.nan == "skip", trainer.nan_max_skips, 0
+    step_callbacks = per_step(callbacks)
 
     s = start or LoopState()
     step, history, best_state, stopped_early = s.step, list(s.history), s.best_state, False
@@ -145,9 +147,6 @@ def fit(
     ddp = ranks.enabled  # read once: the per-step path below tests it
     train_step = distributed.wrap(model, forward_loss, ranks, device, len(phases)) if ddp else forward_loss
 
-    def stop_received() -> int | None:
-        return distributed.agree_signal(stop.received) if ddp else stop.received
-
     def check_finite(batch: int) -> None:
         """Per-batch losses stay on the device; they are checked here (epoch end, before a
         checkpoint) so the per-step path has no host sync, and the first bad step is named."""
@@ -157,7 +156,7 @@ def fit(
         if not len(bad):  # the sum overflowed: every loss is finite
             return
         j = int(bad[0]) + 1  # the first bad batch
-        bad_step = epoch_step0 + (j if needs_closure else -(-j // accumulate))
+        bad_step = epoch_step0 + (j if closure else -(-j // accumulate))
         raise UserError(
             f"training diverged: the loss became non-finite at step {bad_step} (epoch {epoch}, batch {j}); "
             f"no checkpoint holds non-finite weights; lower optim.lr, add reg=grad_clip, use trainer.precision=32 or trainer.nan=skip"
@@ -173,7 +172,7 @@ def fit(
             task=_task_state(task), order=train_loader.order, best_state=best_state,
         )
         try:
-            return save_checkpoint(loop, state_of())
+            return save_checkpoint(loop, weights())
         except NonFiniteWeights:
             raise UserError(f"training diverged: the weights became non-finite by step {step} (epoch {epoch}); not checkpointed; lower optim.lr or add reg=grad_clip") from None
 
@@ -186,7 +185,8 @@ def fit(
     with StopSignals() as stop:
         for epoch in range(first_epoch, trainer.max_epochs + 1):
             t_epoch = time.perf_counter()
-            progress.start_epoch(epoch)
+            for cb in callbacks:
+                cb.on_epoch_start(epoch)
             task.start_epoch(epoch)
             resumed = start is not None and not s.epoch_done and epoch == s.epoch
             losses = torch.zeros(n_batches, len(phases), device=device)  # each batch's loss per phase
@@ -197,7 +197,7 @@ def fit(
                 batches = train_loader.batches(start=s.batch, order=s.order)
             else:
                 batches = train_loader.batches()
-            epoch_step0 = step - (s.batch if needs_closure else -(-s.batch // accumulate)) if resumed else step
+            epoch_step0 = step - (s.batch if closure else -(-s.batch // accumulate)) if resumed else step
             for i, (x, y) in enumerate(batches, start=s.batch + 1 if resumed else 1):
                 weight = train_loader.weight(i - 1) if ddp else 1.0
                 compiling = compile_on and x.shape not in compiled_shapes
@@ -205,15 +205,15 @@ def fit(
                 for k, ph in enumerate(phases):
                     opt, scaler = ph.optimizer, ph.scaler
                     for _ in range(ph.repeat):
-                        if needs_closure:  # quasi-Newton: the optimizer re-evaluates loss and gradient itself
+                        if ph.closure:  # quasi-Newton: the optimizer re-evaluates loss and gradient itself
 
-                            def closure() -> torch.Tensor:
+                            def step_closure(opt=opt, ph=ph, x=x, y=y, weight=weight) -> torch.Tensor:
                                 opt.zero_grad(set_to_none=True)
                                 loss = train_step(x, y, ph.name, weight)
                                 loss.backward()
                                 return loss
 
-                            loss = opt.step(closure)
+                            loss = opt.step(step_closure)
                             ph.schedule.after_step()
                             continue
                         if (i - 1) % accumulate == 0:  # a new accumulation group (other phases may have left grads)
@@ -221,39 +221,36 @@ def fit(
                         boundary = i % accumulate == 0 or i == n_batches
                         with train_step.no_sync() if ddp and not boundary else _NO_CONTEXT:
                             loss = train_step(x, y, ph.name, weight)
-                            scaled = loss / accumulate if accumulate > 1 else loss
-                            (scaler.scale(scaled) if scaler else scaled).backward()
+                            scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
                         if boundary:
-                            if nan_skip and not scaler and not _grads_finite(loss, ph.params):
+                            if nan_skip and not scaler.is_enabled() and not _grads_finite(loss, ph.params):
                                 skips = _skipped(skips, max_skips, step, epoch)  # the host sync is the price of nan=skip
                                 opt.zero_grad(set_to_none=True)
                                 continue
-                            if clip_grad:
-                                if scaler:
-                                    scaler.unscale_(opt)
-                                nn.utils.clip_grad_norm_(ph.params, clip_grad)
-                            if scaler:
-                                scale = scaler.get_scale()
-                                scaler.step(opt)
-                                scaler.update()
-                                if scaler.get_scale() < scale:  # inf/nan gradients: the scaler skipped the step,
-                                    skips = _skipped(skips, max_skips, step, epoch) if nan_skip else skips
-                                    continue  # ... and the schedule does not advance
-                            else:
-                                opt.step()
+                            if ph.clip_grad:
+                                scaler.unscale_(opt)
+                                nn.utils.clip_grad_norm_(ph.params, ph.clip_grad)
+                            scale = scaler.get_scale()  # disabled: 1.0, no sync
+                            scaler.step(opt)
+                            scaler.update()
+                            if scaler.get_scale() < scale:  # inf/nan gradients: the scaler skipped the step,
+                                skips = _skipped(skips, max_skips, step, epoch) if nan_skip else skips
+                                continue  # ... and the schedule does not advance
                             ph.schedule.after_step()
                             skips = 0
                     losses[i - 1, k] = loss.detach()
-                if needs_closure or i % accumulate == 0 or i == n_batches:
+                if closure or i % accumulate == 0 or i == n_batches:
                     step += 1
                     if every_steps and step % every_steps == 0:
                         checkpoint(epoch, i, False)
-                    signum = stop_received()
-                    if signum is not None:  # Ctrl-C / SIGTERM: stop at this safe point (every rank at this step)
+                    if ddp:  # every rank agrees, so all of them stop at the same step
+                        signum = distributed.agree_signal(stop.received) if step % SIGNAL_SYNC_STEPS == 0 else None
+                    else:
+                        signum = stop.received
+                    if signum is not None:  # Ctrl-C / SIGTERM: stop at this safe point
                         raise TrainingInterrupted(signum, checkpoint(epoch, i, False))
-                    if step == hook_step:
-                        _fire(hook)
-                progress.step(epoch, i, lambda: losses[:i, -1].mean().item())
+                for cb in step_callbacks:
+                    cb.on_step_end(epoch, i, step, losses)
                 if compiling:
                     compile_seconds += _seconds_since(t_step, device)
                     compiled_shapes.add(x.shape)
@@ -262,38 +259,30 @@ def fit(
                 losses = distributed.mean_over_ranks(losses, ranks)
             check_finite(n_batches)
             train_losses = losses.mean(0).tolist()
-            for name, value in zip(loss_names, train_losses):
+            for name, value in zip(loss_names, train_losses, strict=True):
                 if not math.isfinite(value) and not nan_skip:
                     raise UserError(
                         f"training diverged: {name}={value} in epoch {epoch} (step {step}); "
                         f"lower optim.lr, add reg=grad_clip, or use trainer.precision=32"
                     )
-            if epoch == kill_eval:
-                _kill_during(val_loader)
+            for cb in callbacks:
+                cb.on_validation_start(epoch)
             t_eval = time.perf_counter()
             val = evaluate(model, task, val_loader, device, trainer.precision, ranks=ranks)
             if first_eval:
                 compile_seconds, first_eval = compile_seconds + _seconds_since(t_eval, device), False
-            row = {"epoch": epoch, "step": step, **dict(zip(loss_names, train_losses)), **{f"val_{k}": v for k, v in val.items()}}
+            row = {"epoch": epoch, "step": step, **dict(zip(loss_names, train_losses, strict=True)), **{f"val_{k}": v for k, v in val.items()}}
             for ph in phases:
                 ph.schedule.after_epoch(row.get(task.monitor, row.get("val_loss")))
             row["lr"] = phases[-1].optimizer.param_groups[0]["lr"]
-            for warning in task.end_epoch(model, epoch, run.plots) if ranks.main else ():
-                warn(warning)
             row["seconds"] = time.perf_counter() - t_epoch
             history.append(row)
-            if ranks.main:
-                run.append_metrics(row)
-                for logger in loggers:
-                    logger.log_epoch(row)
-            progress.end_epoch(row)
-            log.info(format_row(row))
-            if on_epoch is not None:  # e.g. a sweep's pruning: may raise to stop this run
-                on_epoch(row)
+            for cb in callbacks:  # metrics.csv, loggers, the task's grids, the display; a sweep's pruning may raise
+                cb.on_epoch_end(row)
 
             if _better(row[monitor], best[monitor], task.mode(monitor)):
                 best = {"epoch": epoch, **{k: v for k, v in row.items() if k.startswith("val_")}}
-                best_state = {k: v.detach().clone() for k, v in state_of().items()}
+                best_state = {k: v.detach().clone() for k, v in weights().items()}
             if patience:
                 if _better(row[stop_monitor], stop_best, task.mode(stop_monitor), trainer.early_stop.min_delta):
                     stop_best, bad_epochs = row[stop_monitor], 0
@@ -301,7 +290,7 @@ def fit(
                     bad_epochs += 1
                     stopped_early = bad_epochs >= patience
             saved = checkpoint(epoch, n_batches, True) if (every_epochs and epoch % every_epochs == 0) or stopped_early else None
-            signum = stop_received()
+            signum = distributed.agree_signal(stop.received) if ddp else stop.received
             if signum is not None:
                 raise TrainingInterrupted(signum, saved or checkpoint(epoch, n_batches, True))
             if stopped_early:
@@ -338,27 +327,3 @@ def _grads_finite(loss: torch.Tensor, params: Sequence[nn.Parameter]) -> bool:
     checks = [torch.isfinite(loss.detach()).all()]
     checks += [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
     return bool(torch.stack(checks).all())
-
-
-def _test_hook() -> tuple[str, int]:
-    """Tests: DLTRAIN_TEST_KILL=WHAT:N, WHAT one of step (SIGKILL after step N), sigint, sigterm,
-    sigint2 (two SIGINTs), eval (SIGKILL during epoch N's validation), save (engine/checkpoint.py)."""
-    what, _, n = os.environ.get("DLTRAIN_TEST_KILL", "").partition(":")
-    if os.environ.get("DLTRAIN_TEST_KILL_RANK", os.environ.get("RANK", "0")) != os.environ.get("RANK", "0"):
-        return "", -1  # DDP tests: DLTRAIN_TEST_KILL_RANK=K fires in rank K only
-    return (what, int(n)) if what in ("step", "sigint", "sigterm", "sigint2", "eval") else ("", -1)
-
-
-def _fire(hook: str) -> None:
-    if hook == "step":
-        Writer.flush_all()
-        os.kill(os.getpid(), signal.SIGKILL)
-    for _ in range(2 if hook == "sigint2" else 1):
-        os.kill(os.getpid(), signal.SIGTERM if hook == "sigterm" else signal.SIGINT)
-
-
-def _kill_during(val_loader: TensorLoader) -> None:
-    """Tests: SIGKILL after the first validation batch has been computed."""
-    next(iter(val_loader))
-    Writer.flush_all()
-    os.kill(os.getpid(), signal.SIGKILL)

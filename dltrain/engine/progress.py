@@ -3,81 +3,92 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from dltrain.engine.callbacks import Callback, format_row
 
 # Seconds between progress refreshes; reading the loss for display costs a device sync.
 REFRESH_SECONDS = 0.2
 
 
-def format_row(row: Mapping[str, Any]) -> str:
-    parts = [f"epoch {row['epoch']}"]
-    for k, v in row.items():
-        if k not in ("epoch", "step") and isinstance(v, float):
-            parts.append(f"{k} {v:.4g}")
-    return "  ".join(parts)
+def progress_display(console: Console, mode: str, max_epochs: int, batches_per_epoch: int, batch_size: int) -> Callback | None:
+    """The display for trainer.progress: a bar (`bar`; `auto` on a terminal), one line per epoch
+    (`lines`; `auto` elsewhere), or nothing (`none`). Use it as a context manager around fit."""
+    if mode == "auto":
+        mode = "bar" if console.is_terminal else "lines"
+    if mode == "bar":
+        return ProgressBar(console, max_epochs, batches_per_epoch, batch_size)
+    return EpochLines(console) if mode == "lines" else None
 
 
-class ProgressDisplay:
-    """Progress over the whole run: epochs x steps, loss, throughput and ETA."""
+class EpochLines(Callback):
+    """One line per epoch (CI, pipes, files): `epoch 3  train_loss 0.12  val_loss 0.1  ...`."""
 
-    def __init__(self, console: Console, mode: str, max_epochs: int, batches_per_epoch: int, batch_size: int) -> None:
-        if mode == "auto":
-            mode = "bar" if console.is_terminal else "lines"
-        self.console, self.mode = console, mode
-        self.max_epochs, self.batches, self.batch_size = max_epochs, batches_per_epoch, batch_size
-        self.bar: Progress | None = None
-        self._next_refresh = 0.0
-        self._epoch_start = 0.0
+    def __init__(self, console: Console) -> None:
+        self.console = console
 
-    def __enter__(self) -> ProgressDisplay:
-        if self.mode == "bar":
-            self.bar = Progress(
-                TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"),
-                TextColumn("{task.fields[rate]} samples/s"),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
-                console=self.console,
-                auto_refresh=False,  # refreshed from the loop, throttled: no background thread
-                transient=False,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task("train", total=self.max_epochs * self.batches, epoch=1, epochs=self.max_epochs, loss="-", rate="-")
+    def __enter__(self) -> EpochLines:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.refresh()
-            self.bar.stop()
+        pass
 
-    def start_epoch(self, epoch: int) -> None:
+    def on_epoch_end(self, row: Mapping[str, Any]) -> None:
+        self.console.print(format_row(row), highlight=False, soft_wrap=True)
+
+
+class ProgressBar(Callback):
+    """Progress over the whole run: epochs x steps, loss, throughput and ETA."""
+
+    def __init__(self, console: Console, max_epochs: int, batches_per_epoch: int, batch_size: int) -> None:
+        self.console = console
+        self.max_epochs, self.batches, self.batch_size = max_epochs, batches_per_epoch, batch_size
+        self._next_refresh = 0.0
+        self._epoch_start = 0.0
+        self.bar = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[rate]} samples/s"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+            auto_refresh=False,  # refreshed from the loop, throttled: no background thread
+            transient=False,
+        )
+
+    def __enter__(self) -> ProgressBar:
+        self.bar.start()
+        self.task = self.bar.add_task("train", total=self.max_epochs * self.batches, epoch=1, epochs=self.max_epochs, loss="-", rate="-")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.refresh()
+        self.bar.stop()
+
+    def on_epoch_start(self, epoch: int) -> None:
         self._epoch_start = time.perf_counter()
-        if self.bar is not None:
-            self.bar.update(self.task, epoch=epoch)
+        self.bar.update(self.task, epoch=epoch)
 
-    def step(self, epoch: int, batch: int, loss: Callable[[], float]) -> None:
-        """Called every batch; refreshes at most every REFRESH_SECONDS (only then reads the loss)."""
-        if self.bar is None:
-            return
+    def on_step_end(self, epoch: int, batch: int, step: int, losses: torch.Tensor) -> None:
+        """Refreshes at most every REFRESH_SECONDS (only then reads the loss: a device sync)."""
         now = time.perf_counter()
         if now < self._next_refresh:
             return
         self._next_refresh = now + REFRESH_SECONDS
-        seen = batch * self.batch_size
-        rate = seen / max(now - self._epoch_start, 1e-9)
-        self.bar.update(self.task, completed=(epoch - 1) * self.batches + batch, loss=f"{loss():.4f}", rate=f"{rate:,.0f}")
+        rate = batch * self.batch_size / max(now - self._epoch_start, 1e-9)
+        loss = losses[:batch, -1].mean().item()
+        self.bar.update(self.task, completed=(epoch - 1) * self.batches + batch, loss=f"{loss:.4f}", rate=f"{rate:,.0f}")
         self.bar.refresh()
 
-    def end_epoch(self, row: Mapping[str, Any]) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=row["epoch"] * self.batches, loss=f"{row['train_loss']:.4f}")
-            self.bar.refresh()
-        elif self.mode == "lines":
-            self.console.print(format_row(row), highlight=False)
+    def on_epoch_end(self, row: Mapping[str, Any]) -> None:
+        loss = next((v for k, v in reversed(row.items()) if k.startswith("train_") and k.endswith("loss")), float("nan"))
+        self.bar.update(self.task, completed=row["epoch"] * self.batches, loss=f"{loss:.4f}")
+        self.bar.refresh()

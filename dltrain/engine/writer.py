@@ -4,7 +4,7 @@ The training loop takes a `snapshot` at a safe point (small state already JSON, 
 ones) and `submit`s it. Three writers (trainer.checkpoint.writer):
 
     process  (default on Linux) a writer process, started when the run starts (or at the first
-             checkpoint, if none was planned): `python -m dltrain.engine.atomic`, which imports
+             checkpoint, if none was planned): `python -m dltrain.engine.writer_process`, which imports
              no torch. The trainer lays the checkpoint's files out in a shared-memory staging
              buffer (safetensors headers and tensor bytes, state.json, config.yaml: one memcpy of
              the tensors) and sends the byte range of each; the writer process hashes, writes,
@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dltrain.engine import atomic
+from dltrain.engine import atomic, writer_process
 from dltrain.engine.checkpoint import CheckpointError, NonFiniteWeights, Staging, _all_finite, plan, serialize
 
 
@@ -115,7 +115,7 @@ class ProcessWriter(Writer):
     """The writer process and its shared-memory staging buffer (see the module docstring).
 
     The buffer is a memfd both processes map; the socket pair is theirs alone. Messages are JSON
-    (engine/atomic.py): the trainer sends {"name", "files": [[file, start, end], ...]} or None
+    (engine/writer_process.py): the trainer sends {"name", "files": [[file, start, end], ...]} or None
     (exit); the writer answers ["ok", path] or ["error", kind, message] once the checkpoint is
     committed. The buffer is reused: the trainer waits for the answer before laying out the next.
     """
@@ -137,9 +137,9 @@ class ProcessWriter(Writer):
         try:
             os.ftruncate(fd, capacity)
             self._mem = mmap.mmap(fd, capacity)
-            package_root = str(Path(atomic.__file__).parents[2])  # this dltrain, wherever it was imported from
+            package_root = str(Path(writer_process.__file__).parents[2])  # this dltrain, wherever it was imported from
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-            command = [sys.executable, "-m", "dltrain.engine.atomic", str(theirs.fileno()), str(fd), str(capacity), str(os.getpid()), str(self.keep_last), str(self.root)]
+            command = [sys.executable, "-m", "dltrain.engine.writer_process", str(theirs.fileno()), str(fd), str(capacity), str(os.getpid()), str(self.keep_last), str(self.root)]
             self._proc = subprocess.Popen(command, pass_fds=(theirs.fileno(), fd), stdin=subprocess.DEVNULL, env=env)
         finally:
             os.close(fd)
@@ -156,7 +156,7 @@ class ProcessWriter(Writer):
             self._start(max(2 * need, 1 << 20))
         ranges = self._staging.pack(files)
         try:
-            atomic.send(self._sock, {"name": name, "files": ranges})
+            writer_process.send(self._sock, {"name": name, "files": ranges})
         except OSError:
             pass  # the writer is gone: wait() says so
         self._pending = True
@@ -166,7 +166,7 @@ class ProcessWriter(Writer):
             return
         self._pending = False
         try:
-            answer = atomic.receive(self._sock)
+            answer = writer_process.receive(self._sock)
         except (EOFError, OSError, ValueError):
             answer = ["error", "CheckpointError", f"the checkpoint writer process died (pid {self._pid}); the previous checkpoints are intact"]
         if answer[0] == "error" and not quiet:
@@ -179,7 +179,7 @@ class ProcessWriter(Writer):
         finally:
             if self._proc is not None:
                 try:
-                    atomic.send(self._sock, None)
+                    writer_process.send(self._sock, None)
                 except OSError:
                     pass
                 self._sock.close()

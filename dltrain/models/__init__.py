@@ -1,12 +1,6 @@
-"""Model families. Each registers a builder taking plain arguments and shapes, never a config.
+"""Model families (one module each, `layers.py` shared); `MODELS` is their registry (models/base.py)."""
 
-Every builder receives ``in_shape`` (one example's shape: ``(C, H, W)`` for images, ``(T, F)``
-for sequences, ``(F,)`` for tables) and ``out_features`` from the data and task; its other
-keyword parameters are the model's config keys (``configs/model/<name>.yaml``).
-"""
+from dltrain.models import cnn, generative, mlp, rnn  # noqa: F401  (registration)
+from dltrain.models.base import MODELS
 
-from dltrain.registry import Registry
-
-MODELS = Registry("model")
-
-from dltrain.models import cnn, generative, mlp, rnn  # noqa: E402,F401  (registration)
+__all__ = ["MODELS"]

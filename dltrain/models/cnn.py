@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from dltrain.models import MODELS
+from dltrain.models.base import MODELS
 from dltrain.models.layers import Activation, make_activation
 from dltrain.schema import PositiveInt, Probability
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dltrain.models import MODELS
+from dltrain.models.base import MODELS
 from dltrain.models.layers import Activation, make_activation
 from dltrain.schema import NonNegative, NonNegativeInt, PositiveInt, Probability
 
@@ -24,7 +24,7 @@ Arch = Literal["mlp", "conv"]
 
 def _mlp(widths: list[int], activation: str, batchnorm: bool, last_activation: bool = False) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
         layers.append(nn.Linear(a, b))
         if i < len(widths) - 2 or last_activation:
             if batchnorm:

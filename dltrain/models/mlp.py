@@ -6,7 +6,7 @@ import math
 
 from torch import nn
 
-from dltrain.models import MODELS
+from dltrain.models.base import MODELS
 from dltrain.models.layers import Activation, make_activation
 from dltrain.schema import NonNegativeInt, PositiveInt, Probability
 

@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from dltrain.models import MODELS
+from dltrain.models.base import MODELS
 from dltrain.schema import PositiveInt, Probability
 
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}

@@ -4,8 +4,7 @@ A task turns a model output and a target into a loss, accumulates evaluation sta
 device (no host sync per batch) and turns them into metrics once per evaluation.
 """
 
-from dltrain.registry import Registry
+from dltrain.tasks import generative, supervised  # noqa: F401  (registration)
+from dltrain.tasks.base import TASKS
 
-TASKS = Registry("task")
-
-from dltrain.tasks import generative, supervised  # noqa: E402,F401  (registration)
+__all__ = ["TASKS"]

@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 from dltrain.data.base import DataBundle
-from dltrain.registry import Entry
+from dltrain.registry import Entry, Registry
+
+TASKS = Registry("task")
 
 
 class Task:

@@ -19,8 +19,7 @@ from torch import nn
 from dltrain.data.base import DataBundle
 from dltrain.images import preview, save_grid
 from dltrain.registry import Entry
-from dltrain.tasks import TASKS
-from dltrain.tasks.base import Task
+from dltrain.tasks.base import TASKS, Task
 from dltrain.tasks.reference import class_histogram, features_and_probs, reference_classifier, sample_quality
 
 log = logging.getLogger("dltrain")

@@ -48,7 +48,7 @@ def reference_classifier(data: DataBundle, device: torch.device) -> ConvNet:
     """A CNN trained on `data`'s training split (seeded), loaded from the cache when present."""
     from safetensors.torch import load_file, save
 
-    from dltrain.engine.rundir import atomic_write
+    from dltrain.files import atomic_write
 
     path = cache_dir() / f"{data.name}-{_key(data)}.safetensors"
     # Its own RNG stream: whether the cache is warm must not change the run being measured.

@@ -8,8 +8,7 @@ from torch import nn
 
 from dltrain.data.base import DataBundle
 from dltrain.registry import Entry
-from dltrain.tasks import TASKS
-from dltrain.tasks.base import Task
+from dltrain.tasks.base import TASKS, Task
 
 
 class SupervisedTask(Task):

@@ -43,3 +43,10 @@ class OptunaSweeper(Sweeper):
         from dltrain.search import run_search
 
         return run_search(self, arguments)
+
+
+def register() -> None:
+    """Make Hydra know this sweeper before `hydra.main` runs (its scan misses editable installs)."""
+    from dltrain.private_api import register_hydra_plugin
+
+    register_hydra_plugin(OptunaSweeper)
