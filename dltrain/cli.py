@@ -10,29 +10,26 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 # Hydra flags that inspect the config rather than run training: passed through unchecked.
 INSPECT_FLAGS = ("--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--hydra-help", "--resolve", "-p", "--package")
 
 
-@dataclass(frozen=True)
 class Verb:
     """One verb of the command: `dltrain NAME ARGS...` calls `module.function`.
 
     With `options` (a dataclass of `module`), the arguments are parsed into it first: the
     `positional` ones, then KEY=VALUE pairs checked like config keys; `rewrite` (a function of
     `module`) may rewrite the arguments before that (compress: prune=0.5 -> prune.amount=0.5).
-    Without, the function takes the argument list itself.
+    Without, the function takes the argument list itself. (A plain class, not a dataclass:
+    `--help` would pay for importing dataclasses.)
     """
 
-    name: str
-    help: str
-    module: str
-    function: str
-    options: str | None = None
-    positional: tuple[str, ...] = ("run_dir",)
-    rewrite: str | None = None
+    __slots__ = ("name", "help", "module", "function", "options", "positional", "rewrite")
+
+    def __init__(self, name: str, help: str, module: str, function: str, options: str | None = None, positional: tuple[str, ...] = ("run_dir",), rewrite: str | None = None) -> None:
+        self.name, self.help, self.module, self.function = name, help, module, function
+        self.options, self.positional, self.rewrite = options, positional, rewrite
 
     def run(self, argv: list[str]) -> int:
         import importlib

@@ -14,7 +14,6 @@ from typing import Any
 from dltrain import overrides as ov
 from dltrain.errors import UserError, unknown_choice, unknown_key
 from dltrain.recipe_store import recipe_choices, register_recipes
-from dltrain.search import register_sweeper_config
 
 
 def config_dir() -> Path:
@@ -40,6 +39,8 @@ def compose(overrides: Iterable[str] = (), with_hydra: bool = False) -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+
+    from dltrain.search import register_sweeper_config  # Optuna's module is light, but --help needs none of it
 
     register_recipes()
     register_sweeper_config()

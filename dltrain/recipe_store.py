@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from dltrain.errors import unknown_choice
-from dltrain.expectations import flatten_expected
 
 GROUP = "recipe"
 HEADER_FIELDS = ("Run", "Reproduces", "Source", "CPU time")
@@ -137,6 +136,8 @@ def read_header(path: Path) -> tuple[str, dict[str, str]]:
 
 def info(name_or_path: str) -> RecipeInfo:
     import yaml
+
+    from dltrain.expectations import flatten_expected
 
     path = find(name_or_path)
     body = yaml.safe_load(path.read_text()) or {}

@@ -203,6 +203,7 @@ def kill_and_resume(tmp_path: Path, hook: str, expect_rc: int, overrides=CLI_RUN
     return json.loads((run / "summary.json").read_text())
 
 
+@pytest.mark.slow  # over 10 s on 2 cores: CI runs it; `make test-fast` stays under 5 minutes
 def test_sigkill_mid_epoch_then_resume_is_bit_exact(tmp_path, uninterrupted):
     summary = kill_and_resume(tmp_path, "step:11", -signal.SIGKILL)
     assert summary["weights_sha256"] == uninterrupted["weights_sha256"]
@@ -242,6 +243,7 @@ def test_sigkill_at_a_random_moment_from_outside_then_resume_is_bit_exact(tmp_pa
     assert json.loads((run / "summary.json").read_text())["weights_sha256"] == uninterrupted["weights_sha256"]
 
 
+@pytest.mark.slow  # several seconds on 2 cores: CI runs it; `make test-fast` stays under 5 minutes
 def test_sigterm_saves_at_the_next_safe_point_exits_143_and_resumes_exactly(tmp_path, uninterrupted):
     run = tmp_path / "run"
     r = cli(*CLI_RUN, f"hydra.run.dir={run}", env={"DLTRAIN_TEST_KILL": "sigterm:8"})
@@ -323,6 +325,7 @@ def test_damaged_checkpoint_is_named_and_auto_falls_back(run_train, tmp_path, ho
     assert resumed["weights_sha256"] == full["weights_sha256"]
 
 
+@pytest.mark.slow  # several seconds on 2 cores: CI runs it; `make test-fast` stays under 5 minutes
 def test_damaged_checkpoint_cli_exit_2_one_line(tmp_path, uninterrupted):
     run = tmp_path / "run"
     r = cli(*CLI_RUN, f"hydra.run.dir={run}", env={"DLTRAIN_TEST_KILL": "step:13"})
@@ -339,6 +342,7 @@ class Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow  # several seconds on 2 cores: CI runs it; `make test-fast` stays under 5 minutes
 def test_malicious_pickle_is_refused_by_resume_and_every_loading_verb(run_train, tmp_path):
     run_train(tmp_path / "run", *MODELS["mlp"], *TINY)
     marker = tmp_path / "pwned"

@@ -107,6 +107,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, args, fragmen
     assert not run.exists()
 
 
+@pytest.mark.slow  # several seconds on 2 cores: CI runs it; `make test-fast` stays under 5 minutes
 def test_multirun_runs_every_combination(tmp_path):
     sweep = tmp_path / "sweep"
     result = dltrain("-m", "optim=sgd,adam", "model.hidden=16,32", "trainer=debug", f"hydra.sweep.dir={sweep}", cwd=tmp_path)

@@ -72,6 +72,7 @@ def test_a_single_process_is_rank_0_of_1():
 # ---- 2 ranks against 1 process -------------------------------------------------------------------
 
 
+@pytest.mark.slow  # over 10 s on 2 cores: CI runs it; `make test-fast` stays under 5 minutes
 def test_two_ranks_with_global_batch_b_match_one_process_with_batch_b(tmp_path):
     one = cli(*BASE, *NO_BATCHNORM, "trainer.devices=1", f"hydra.run.dir={tmp_path / 'one'}")
     two = cli(*BASE, *NO_BATCHNORM, "trainer.devices=2", f"hydra.run.dir={tmp_path / 'two'}")
@@ -94,6 +95,7 @@ def _rows(run: Path) -> list[dict]:
     return _rows_of(run / "metrics.csv")
 
 
+@pytest.mark.slow  # over 10 s on 2 cores: CI runs it; `make test-fast` stays under 5 minutes
 def test_bad_distributed_settings_are_one_line_before_any_rank_starts(tmp_path):
     assert_one_line_exit_2(_r(cli("trainer.devices=2", "optim=lbfgs", f"hydra.run.dir={tmp_path / 'a'}")), "trainer.devices=2", "lbfgs")
     if not torch.cuda.is_available():

@@ -28,6 +28,7 @@ def in_process(capsys, *args: str) -> tuple[int, str, str]:
     return e.value.code, out.out, out.err
 
 
+@pytest.mark.slow  # over 10 s on 2 cores: CI runs it; `make test-fast` stays under 5 minutes
 def test_grid_sweep_records_failures_goes_on_and_resumes(tmp_path):
     """4 jobs, 2 of which diverge: sweep.csv, best.yaml and sweep.png; then resume skips the finished."""
     args = ["-m", "optim=sgd", "optim.lr=0.05,1e12", "model.hidden=8,16", "trainer=debug", "trainer.max_epochs=2"]
@@ -156,6 +157,7 @@ def test_launcher_choices_compose(launcher, target, keys):
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper") and cfg.sweep.objective == "val_accuracy"
 
 
+@pytest.mark.slow  # over 10 s on 2 cores: CI runs it; `make test-fast` stays under 5 minutes
 def test_optuna_search_runs_trials_and_summarizes(tmp_path):
     sweep = tmp_path / "search"
     result = dltrain(
