@@ -149,6 +149,13 @@ def train_command(argv: list[str]) -> int:
 
         argv = rewrite_file_overrides(argv)  # recipe=PATH.yaml (a copied recipe) -> recipe=NAME
         argv = resume_argv(argv)  # resume=RUN_DIR -> the run's own overrides, back into RUN_DIR
+        from dltrain.trust import check_config_dirs
+
+        check_config_dirs(ov.config_dirs(argv))
+        if inspect_only and not any(a in ("-sc", "--shell-completion") or a.startswith("--shell-completion=") for a in argv):
+            from dltrain.preflight import check_trust
+
+            check_trust(ov.from_argv(argv))
         if not inspect_only:
             from dltrain.preflight import check_command_line
 
@@ -158,16 +165,19 @@ def train_command(argv: list[str]) -> int:
                 from dltrain.sweep import prewarm_workers
 
                 prewarm_workers(overrides)  # launcher=joblib: workers start while the sweep is checked
-            checked_every_job = check_command_line(overrides, multirun)
+            checked = check_command_line(overrides, multirun)
             if multirun:
                 from dltrain import private_api
-                from dltrain.sweep import resume_dir
+                from dltrain.sweep import claim_sweep_dir, resume_dir
 
-                if checked_every_job:
+                if checked.every_job:
                     private_api.skip_grid_revalidation()
                 if "launcher=joblib" in overrides:
                     private_api.wrap_joblib_launch(_reporting_dead_workers)
                 argv = argv + resume_dir(overrides)  # sweep.resume=true: back into the earlier sweep's dir
+                claim_sweep_dir(ov.from_argv(argv), checked.hydra)
+            else:
+                _claim_run_dir(checked)
             from dltrain.engine.distributed import under_torchrun
 
             if under_torchrun():
@@ -176,7 +186,37 @@ def train_command(argv: list[str]) -> int:
                 argv = join_torchrun(argv, multirun)
     except UserError as e:
         return fail(str(e))
+    except NothingToDo as e:
+        sys.stderr.write(f"dltrain: {e}\n")
+        return 0
     return _run_hydra(argv)
+
+
+# Run directories that existed before this command (never removed when a run fails to start).
+_PREEXISTING: set[str] = set()
+
+
+def _claim_run_dir(checked) -> None:
+    """Before Hydra writes anything (.hydra/, train.log): a run directory named on the command line
+    must be new, empty, or an unfinished run of this config (a resume: any run of its own); it
+    is locked for this process. Wherever the run goes, its folder must be writable."""
+    from pathlib import Path
+
+    from dltrain.engine.checkpoint import config_hash
+    from dltrain.engine.rundir import check_run_dir
+    from dltrain.files import FolderLock, check_writable
+
+    where = str(checked.hydra.get("run", {}).get("dir", "outputs"))
+    if "${" in where:  # generated (outputs/<date>/<time with microseconds>): new by construction
+        check_writable(Path(where.split("${")[0] or "."), "hydra.run.dir")
+        return
+    path = Path(where)
+    check_writable(path, "hydra.run.dir")
+    resuming = bool((checked.config.get("trainer") or {}).get("resume"))
+    check_run_dir(path, config_hash(checked.config), resuming)
+    if path.exists():
+        _PREEXISTING.add(str(path.resolve()))
+    FolderLock(path).acquire()  # held until this process ends
 
 
 def _reporting_dead_workers(launch):
@@ -242,7 +282,31 @@ def resume_argv(argv: list[str]) -> list[str]:
         raise UserError(f"resume: {run_dir} has no .hydra/overrides.yaml (not started by the dltrain command); use its overrides with trainer.resume={target}")
     mine = {ov.key(a) for a in ov.from_argv(rest)}
     original = [o for o in yaml.safe_load(recorded.read_text()) or [] if not ov.key(o).startswith(("trainer.resume", "hydra.")) and ov.key(o) not in mine]
+    _stop_if_finished(run_dir, [*original, *rest])
     return [*original, *rest, f"trainer.resume={ov.quoted(target)}", f"trainer.resume_force={force}", f"hydra.run.dir={ov.quoted(str(run_dir))}", "hydra.output_subdir=null"]  # keep .hydra/ as the run recorded it
+
+
+class NothingToDo(Exception):
+    """The command has nothing to do (resume= of a finished run): say why, exit 0, write nothing."""
+
+
+def _stop_if_finished(run_dir, overrides: list[str]) -> None:
+    """resume= of a finished run does nothing, unless trainer.max_epochs asks for more epochs."""
+    import json
+
+    import yaml
+
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return
+    asked = [yaml.safe_load(o.partition("=")[2]) for o in overrides if o.lstrip("+").startswith("trainer.max_epochs=")]
+    done = summary.get("epochs", 0)
+    if asked and isinstance(asked[-1], int) and asked[-1] > done and not summary.get("stopped_early"):
+        return
+    test = ", ".join(f"test {k} {v:.4g}" for k, v in (summary.get("test") or {}).items() if isinstance(v, (int, float)))
+    why = "it stopped early" if summary.get("stopped_early") else f"raise trainer.max_epochs above {done} to train on"
+    raise NothingToDo(f"resume: {run_dir} has finished ({done} epochs{'; ' + test if test else ''}); nothing to do ({why})")
 
 
 def _run_hydra(argv: list[str]) -> int:
@@ -336,7 +400,9 @@ def _discard_if_unused(run_dir: str) -> None:
     from pathlib import Path
 
     path = Path(run_dir)
-    hydra_only = {".hydra", "train.log"}
+    hydra_only = {".hydra", "train.log", ".lock"}
+    if str(path.resolve()) in _PREEXISTING:  # a folder the user named (a resume): never removed
+        return
     if path.is_dir() and {p.name for p in path.iterdir()} <= hydra_only:
         shutil.rmtree(path)
         if re.fullmatch(r"\d{4}-\d{2}-\d{2}", path.parent.name) and not any(path.parent.iterdir()):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dltrain import overrides as ov
-from dltrain.errors import UserError, unknown_choice, unknown_key
+from dltrain.errors import ConfigError, UserError, unknown_choice, unknown_key
 from dltrain.recipe_store import recipe_choices, register_recipes
 
 
@@ -59,6 +59,9 @@ def check_choices(parsed, choices: Mapping[str, list[str]]) -> None:
             for v in value if isinstance(value, list) else [value]:
                 if str(v) not in choices[group]:
                     raise unknown_choice(group, v, choices[group])
+            if isinstance(value, list) and len(set(map(str, value))) < len(value):
+                twice = next(str(v) for i, v in enumerate(value) if str(v) in map(str, value[:i]))
+                raise ConfigError(group, o.get_value_element_as_str(), f"each choice once ({twice} is listed twice); set its keys instead, e.g. {group}.{twice}.KEY=VALUE")
 
 
 def _explain(cfg: Mapping, key: str) -> UserError | None:
@@ -75,7 +78,7 @@ def _explain(cfg: Mapping, key: str) -> UserError | None:
     return None
 
 
-def compose_checked(overrides: list[str]) -> Any:
+def compose_checked(overrides: list[str], with_hydra: bool = False) -> Any:
     """Compose `overrides` (one job, no sweeps), turning Hydra's errors into one-line ones."""
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
@@ -84,10 +87,15 @@ def compose_checked(overrides: list[str]) -> Any:
     parsed = ov.parse(overrides)
     check_choices(parsed, groups())
     try:
-        return compose(overrides)
-    except (HydraException, OmegaConfBaseException) as e:
+        return compose(overrides, with_hydra)
+    except (HydraException, OmegaConfBaseException, ValueError, OSError) as e:
+        if o_add := next((o for o in parsed if o.is_add() and o.key_or_group in groups()), None):
+            raise UserError(f"{o_add.input_line}: {o_add.key_or_group} is chosen already; choose it without the +: {o_add.input_line.lstrip('+')}") from None
         group_overrides = [o.input_line for o in parsed if o.key_or_group in groups()]
-        base = OmegaConf.to_container(compose(group_overrides))
+        try:
+            base = OmegaConf.to_container(compose(group_overrides))
+        except (HydraException, OmegaConfBaseException, ValueError, OSError):
+            raise UserError(f"cannot compose the config: {str(e).splitlines()[0]}") from None
         for o in parsed:
             if not o.is_add() and not o.is_delete() and o.key_or_group not in groups() and not ov.is_hydra(o.key_or_group):
                 problem = _explain(base, o.key_or_group)

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from dltrain.engine.settings import CheckpointConfig, EarlyStopConfig, TrainerConfig
 from dltrain.errors import ConfigError, UserError, unknown_choice, unknown_key
 from dltrain.expectations import check_expected
-from dltrain.schema import NonNegativeInt, PositiveInt, check_value, parse_dataclass
+from dltrain.schema import NonNegativeInt, PositiveInt, Range, check_value, parse_dataclass
+
+Seed = Annotated[int, Range(0, 2**32 - 1)]  # numpy's seeds are 32-bit
 
 __all__ = ["CheckpointConfig", "EarlyStopConfig", "RunSpec", "SweepConfig", "TrainerConfig", "check_sweep", "validate"]
 
@@ -79,7 +81,7 @@ def _component(registry, node: Any, key: str, skip: tuple[str, ...] = ()) -> dic
 
 def validate(cfg: Mapping[str, Any]) -> RunSpec:
     """Check a composed config (plain dict or DictConfig) and return the typed `RunSpec`."""
-    from omegaconf import DictConfig, OmegaConf
+    from omegaconf import DictConfig, OmegaConf, open_dict
 
     from dltrain.data import DATASETS, LOADER_KEYS
     from dltrain.engine.loggers import LOGGERS
@@ -91,6 +93,10 @@ def validate(cfg: Mapping[str, Any]) -> RunSpec:
     from dltrain.tasks import TASKS
 
     if isinstance(cfg, DictConfig):
+        if "hydra" in cfg:  # Hydra's node resolves only inside a Hydra run (hydra.job.num, ...)
+            cfg = cfg.copy()
+            with open_dict(cfg):
+                del cfg["hydra"]
         try:
             cfg = OmegaConf.to_container(cfg, resolve=True)
         except Exception as e:  # an interpolation that does not resolve
@@ -118,7 +124,7 @@ def validate(cfg: Mapping[str, Any]) -> RunSpec:
         reg[name] = REGULARIZERS.check(str(name), dict(params or {}), f"reg.{name}")
 
     trainer = parse_dataclass(TrainerConfig, cfg.get("trainer"), "trainer")
-    seed = check_value("seed", cfg.get("seed", 0), NonNegativeInt)
+    seed = check_value("seed", cfg.get("seed", 0), Seed)
 
     data_entry = DATASETS.get(parts["data"]["name"])
     model_entry = MODELS.get(parts["model"]["name"])

@@ -31,7 +31,13 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int = 8, scale: int = 0) -
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
+    import io
+
+    from dltrain.files import atomic_write
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write(Path(path), buf.getvalue())  # never through a symbolic link
     return path
 
 

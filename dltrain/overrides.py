@@ -8,7 +8,8 @@ from collections.abc import Iterable, Sequence
 from dltrain.errors import UserError
 
 # Hydra flags that take a value: the value is not an override.
-FLAGS_WITH_VALUE = ("-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "--experimental-rerun")
+FLAGS_WITH_VALUE = ("-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "--experimental-rerun", "--cfg", "-c", "--package", "-p")
+INFO_TOPICS = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")  # --info [TOPIC]
 
 
 def parse(lines: Iterable[str], what: str = "override") -> list:
@@ -16,8 +17,15 @@ def parse(lines: Iterable[str], what: str = "override") -> list:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
+    lines = list(lines)
+    for line in lines:
+        k = line.partition("=")[0]
+        if "=" in line and not k.lstrip("+~"):
+            raise UserError(f"cannot parse {what} {line!r}: it needs a KEY before '=' (KEY=VALUE, e.g. model=cnn)")
+        if len(k) > 200:
+            raise UserError(f"cannot parse {what}: the key {k[:40]}... is {len(k)} characters long; config keys are short dotted names (model.hidden)")
     try:
-        return OverridesParser.create().parse_overrides(list(lines))
+        return OverridesParser.create().parse_overrides(lines)
     except OverrideParseException as e:
         raise UserError(f"cannot parse {what}: {str(e).splitlines()[0]}") from None
 
@@ -25,13 +33,24 @@ def parse(lines: Iterable[str], what: str = "override") -> list:
 def from_argv(argv: Sequence[str]) -> list[str]:
     """The KEY=VALUE arguments of a Hydra command line (skipping flags and their values)."""
     out, skip = [], False
-    for a in argv:
+    for i, a in enumerate(argv):
         if skip:
             skip = False
         elif a.startswith("-"):
-            skip = a in FLAGS_WITH_VALUE
+            skip = a in FLAGS_WITH_VALUE or (a in ("--info", "-i") and i + 1 < len(argv) and argv[i + 1] in INFO_TOPICS)
         else:
             out.append(a)
+    return out
+
+
+def config_dirs(argv: Sequence[str]) -> list[str]:
+    """The folders a Hydra command line adds with --config-dir DIR / -cd DIR / --config-dir=DIR."""
+    out = []
+    for i, a in enumerate(argv):
+        if a in ("--config-dir", "-cd") and i + 1 < len(argv):
+            out.append(argv[i + 1])
+        elif a.startswith("--config-dir="):
+            out.append(a.partition("=")[2])
     return out
 
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+from omegaconf import OmegaConf
 
 from dltrain import overrides as ov
 from dltrain import private_api
@@ -18,24 +21,43 @@ from dltrain.compose import check_choices, compose, compose_checked, groups
 from dltrain.config import validate
 from dltrain.errors import UserError
 from dltrain.search import is_search, probe_jobs, search_space
+from dltrain.trust import check_hydra_node
 
 # Sweeps larger than this are checked value by value rather than combination by combination.
 MAX_CHECKED_COMBINATIONS = 512
 
 
-def check_command_line(overrides: list[str], multirun: bool) -> bool:
-    """Validate every job the command line describes (every combination of a sweep); return
-    whether every job was composed and validated (not so for an Optuna search, or a grid of more
-    than MAX_CHECKED_COMBINATIONS)."""
+@dataclass
+class Checked:
+    """What checking a command line found: whether every job was composed and validated (not so for
+    an Optuna search, or a grid of more than MAX_CHECKED_COMBINATIONS), the `hydra` node (not
+    resolved), and for a single run its plain config."""
+
+    every_job: bool
+    hydra: dict
+    config: dict | None = None
+
+
+def check_command_line(overrides: list[str], multirun: bool) -> Checked:
+    """Validate every job the command line describes (every combination of a sweep), and what its
+    Hydra config would make Hydra run (dltrain/trust.py)."""
     own = ov.without_hydra(overrides)
     parsed = ov.parse(own)
     check_choices(parsed, groups())
     if not multirun:
-        validate(compose_checked(own))
-        return True
+        for o in parsed:
+            if o.is_sweep_override():
+                raise UserError(f"{o.input_line} lists several values: that is a sweep; add -m (dltrain -m {o.input_line} ...) to run one job per value")
+        cfg = compose_checked([*own, *_hydra_lines(overrides)], with_hydra=True)
+        hydra = OmegaConf.to_container(cfg.hydra, resolve=False)
+        check_hydra_node(hydra)
+        validate(cfg)
+        plain = OmegaConf.to_container(cfg, resolve=False)
+        plain.pop("hydra")
+        return Checked(True, hydra, OmegaConf.to_container(OmegaConf.create(plain), resolve=True))
     # a grid: every combination (too many: each swept value with the others at their first value);
     # an Optuna search: every choice and both ends of every range of its search space
-    jobs, every_job = jobs_to_check(overrides, parsed, MAX_CHECKED_COMBINATIONS)
+    jobs, every_job, hydra = jobs_to_check(overrides, parsed, MAX_CHECKED_COMBINATIONS)
     bases: dict[tuple[str, ...], Any] = {}
     choices = groups()
     for job in jobs:
@@ -43,7 +65,7 @@ def check_command_line(overrides: list[str], multirun: bool) -> bool:
             validate(_compose_sharing(job, choices, bases))
         except UserError as e:
             raise UserError(f"{e} (in sweep job: {' '.join(job)})") from None
-    return every_job
+    return Checked(every_job, hydra)
 
 
 def _compose_sharing(job: list[str], choices: Mapping[str, list[str]], bases: dict[tuple[str, ...], Any]) -> Any:
@@ -62,21 +84,22 @@ def _compose_sharing(job: list[str], choices: Mapping[str, list[str]], bases: di
     return cfg if applied else compose_checked(job)
 
 
-def jobs_to_check(overrides: Sequence[str], parsed: Sequence, max_combinations: int) -> tuple[list[list[str]], bool]:
-    """The jobs a sweep command line describes, for validation before the first one runs, and
-    whether they are all of its jobs.
+def jobs_to_check(overrides: Sequence[str], parsed: Sequence, max_combinations: int) -> tuple[list[list[str]], bool, dict]:
+    """The jobs a sweep command line describes, for validation before the first one runs, whether
+    they are all of its jobs, and the sweep's (checked) `hydra` node.
 
     A grid sweep: every combination (or, beyond `max_combinations`, every value of each swept
     key with the others at their first value). An Optuna search: every categorical choice and
     both ends of every range, from the preset's space and the command line.
     """
-    sweeper = sweeper_config(overrides, parsed)
+    hydra = hydra_config(overrides, parsed)
+    sweeper = hydra["sweeper"]
     if is_search(sweeper):
         own = [o.input_line for o in parsed]
         fixed, space = search_space(sweeper.get("params"), own)
         if not space:
             raise UserError("an Optuna search needs a search space: hydra.sweeper.params in the preset, or KEY=choice(...)/interval(...) on the command line")
-        return probe_jobs(fixed, space), False
+        return probe_jobs(fixed, space), False, hydra
 
     for o in parsed:
         if o.is_sweep_override() and not o.is_discrete_sweep():
@@ -84,25 +107,50 @@ def jobs_to_check(overrides: Sequence[str], parsed: Sequence, max_combinations: 
     sweeps = [o for o in parsed if o.is_sweep_override()]
     total = math.prod(len(list(o.sweep_string_iterator())) for o in sweeps)
     if total <= max_combinations:
-        return private_api.grid_jobs(parsed), True
+        return private_api.grid_jobs(parsed), True, hydra
     first = [f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" if o.is_sweep_override() else o.input_line for o in parsed]
-    return [first[:i] + [f"{o.get_key_element()}={v}"] + first[i + 1 :] for i, o in enumerate(parsed) if o.is_sweep_override() for v in o.sweep_string_iterator()], False
+    return [first[:i] + [f"{o.get_key_element()}={v}"] + first[i + 1 :] for i, o in enumerate(parsed) if o.is_sweep_override() for v in o.sweep_string_iterator()], False, hydra
 
 
 def sweeper_config(overrides: Sequence[str], parsed: Sequence) -> dict:
     """The `hydra.sweeper` node the command line selects (composed without its sweeps)."""
+    return hydra_config(overrides, parsed)["sweeper"]
+
+
+def hydra_config(overrides: Sequence[str], parsed: Sequence) -> dict:
+    """The `hydra` node of a sweep's command line (composed without its sweeps, not resolved),
+    after checking what it would make Hydra run."""
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    hydra_lines = ov.parse([o for o in overrides if ov.is_hydra(o)])
-    for o in hydra_lines:
-        if o.is_sweep_override():
-            raise UserError(f"{o.input_line}: Hydra's own settings cannot be swept; a search space goes on the command line as KEY=interval(...) or KEY=choice(...)")
-    fixed += [o.input_line for o in hydra_lines]
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()] + _hydra_lines(overrides)
     try:
         cfg = compose(fixed, with_hydra=True)
     except (HydraException, OmegaConfBaseException) as e:
         raise UserError(f"cannot compose the config: {str(e).splitlines()[0]}") from None
-    return OmegaConf.to_container(cfg.hydra.sweeper, resolve=False)
+    hydra = OmegaConf.to_container(cfg.hydra, resolve=False)
+    check_hydra_node(hydra)
+    return hydra
+
+
+def check_trust(overrides: Sequence[str]) -> None:
+    """Only the trust check (dltrain/trust.py), for commands that only inspect the config (--cfg):
+    a config that does not compose is left for Hydra to report."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    fixed = [o.input_line for o in ov.parse(ov.without_hydra(overrides)) if not o.is_sweep_override()] + _hydra_lines(overrides)
+    try:
+        cfg = compose(fixed, with_hydra=True)
+    except (HydraException, OmegaConfBaseException):
+        return
+    check_hydra_node(OmegaConf.to_container(cfg.hydra, resolve=False))
+
+
+def _hydra_lines(overrides: Sequence[str]) -> list[str]:
+    """The command line's overrides of Hydra's own config (never swept)."""
+    lines = ov.parse([o for o in overrides if ov.is_hydra(o)])
+    for o in lines:
+        if o.is_sweep_override():
+            raise UserError(f"{o.input_line}: Hydra's own settings cannot be swept; a search space goes on the command line as KEY=interval(...) or KEY=choice(...)")
+    return [o.input_line for o in lines]

@@ -31,6 +31,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from dltrain.child import python_command
 from dltrain.errors import UserError
 from dltrain.expectations import Check, check_results, describe_bounds
 from dltrain.recipe_store import GROUP, RecipeInfo, find, info, recipe_names, recipes_dir, rewrite_file_overrides
@@ -179,7 +180,7 @@ def _run_sweep(r: RecipeInfo, overrides: list[str], console) -> tuple[dict, Path
     sweep_dir = next((Path(o.partition("=")[2]) for o in overrides if o.startswith("hydra.sweep.dir=")), None)
     own = [o for o in overrides if not o.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
     sweep_dir = sweep_dir or Path("multirun") / time.strftime("%Y-%m-%d") / f"{time.strftime('%H-%M-%S')}-verify-{r.name}"
-    command = [sys.executable, "-m", "dltrain", "-m", _recipe_override(r), *own, f"hydra.sweep.dir={sweep_dir}"]
+    command = python_command("dltrain", "-m", _recipe_override(r), *own, f"hydra.sweep.dir={sweep_dir}")  # cwd not on its path
     result = subprocess.run(command)
     if result.returncode != 0:
         raise UserError(f"verify {r.name}: the sweep exited with code {result.returncode}")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dltrain.errors import unknown_choice
+from dltrain.errors import UserError, unknown_choice
 
 GROUP = "recipe"
 HEADER_FIELDS = ("Run", "Reproduces", "Source", "CPU time")
@@ -66,8 +66,27 @@ def register_recipes() -> None:
     if files == _REGISTERED and all(f"{name}.yaml" in stored for name, _, _ in files):
         return  # unchanged: reading a dozen YAML files per composition would double its cost
     for name, path, _ in files:
+        read_recipe(path)  # a file that is not a YAML mapping is one line, not Hydra's traceback
         store.store(group=GROUP, name=name, node=OmegaConf.load(path), package="_global_", provider="dltrain")
     _REGISTERED = files
+
+
+def read_recipe(path: Path) -> dict:
+    """A recipe file's body: YAML holding a mapping; anything else is one UserError line."""
+    import yaml
+
+    try:
+        body = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"recipe {path}: cannot read it ({e})") from None
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        raise UserError(f"recipe {path} is not valid YAML" + (f" (line {where.line + 1}, column {where.column + 1})" if where else "")) from None
+    if body is None:
+        return {}
+    if not isinstance(body, dict):
+        raise UserError(f"recipe {path} holds a {type(body).__name__}, not a mapping of config keys (defaults:, trainer:, expected:, ...)")
+    return body
 
 
 def rewrite_file_overrides(overrides: list[str]) -> list[str]:
@@ -135,12 +154,11 @@ def read_header(path: Path) -> tuple[str, dict[str, str]]:
 
 
 def info(name_or_path: str) -> RecipeInfo:
-    import yaml
 
     from dltrain.expectations import flatten_expected
 
     path = find(name_or_path)
-    body = yaml.safe_load(path.read_text()) or {}
+    body = read_recipe(path)
     description, header = read_header(path)
     picks = {}
     for entry in body.get("defaults") or []:

@@ -33,10 +33,10 @@ class Range:
             parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
         if self.high is not None:
             parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
-        return " and ".join(parts)
+        return " and ".join(parts) or "finite"
 
     def contains(self, v: float) -> bool:
-        if v != v:  # NaN compares false with everything, so would slip through the bounds
+        if v != v or v in (float("inf"), float("-inf")):  # NaN compares false with everything; inf is never a setting
             return False
         if self.low is not None and (v < self.low or (self.low_open and v == self.low)):
             return False
@@ -140,19 +140,26 @@ def check_value(key: str, value: Any, tp: Any) -> Any:
             return value
         raise ConfigError(key, value, "allowed: true or false")
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        given = value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) >= 2**63:  # torch, numpy and the OS take 64-bit integers
+                raise ConfigError(key, given, "allowed: an integer below 2**63")
+            return value
         raise ConfigError(key, value, "allowed: an integer")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if abs(value) == float("inf") or value != value:
+                raise ConfigError(key, value, "allowed: a finite number")
             return float(value)
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string; accept numeric strings
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
-                pass
+                number = None
+            if number is not None and abs(number) != float("inf") and number == number:
+                return number
         raise ConfigError(key, value, "allowed: a number")
     if tp is str:
         if isinstance(value, str):

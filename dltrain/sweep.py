@@ -143,6 +143,31 @@ def _import_plotting() -> None:
     import matplotlib.pyplot  # noqa: F401
 
 
+def claim_sweep_dir(overrides: Sequence[str], hydra: Mapping[str, Any]) -> None:
+    """Before Hydra starts: a sweep directory named on the command line (or found by sweep.resume)
+    must be new, empty, or a sweep that sweep.resume=true continues; it is locked for this process
+    (one sweep per directory). A generated one (multirun/<date>/<time with microseconds>) is new."""
+    import yaml
+
+    from dltrain.files import FolderLock, check_writable
+
+    where = next((ov.parse([o])[0].value() for o in reversed(overrides) if o.startswith("hydra.sweep.dir=")), None)
+    where = str(where) if where is not None else str((hydra.get("sweep") or {}).get("dir", "multirun"))
+    if "${" in where:
+        check_writable(Path(where.split("${")[0] or "."), "hydra.sweep.dir")
+        return
+    path = Path(where)
+    check_writable(path, "hydra.sweep.dir")
+    resume = [o.partition("=")[2] for o in overrides if o.lstrip("+").startswith("sweep.resume=")]
+    resuming = bool(resume) and yaml.safe_load(resume[-1]) is True
+    if path.is_dir() and any(p.name != ".lock" for p in path.iterdir()):
+        if not (path / "multirun.yaml").is_file():
+            raise UserError(f"hydra.sweep.dir={path} holds files that are not a dltrain sweep's; sweep into a new or empty folder (nothing there is overwritten)")
+        if not resuming:
+            raise UserError(f"hydra.sweep.dir={path} holds a sweep already; add sweep.resume=true to continue it, or sweep into a new folder")
+    FolderLock(path, "sweep directory").acquire()  # held until this process ends
+
+
 def find_previous_sweep(overrides: Sequence[str], root: Path = Path("multirun")) -> Path | None:
     """The latest sweep dir under `root` that ran the same command line (ignoring sweep.resume)."""
     import yaml
@@ -522,7 +547,9 @@ def plot_sweep(result: SweepResult) -> Path | None:
         ax.axis("off")
     fig.suptitle(f"{result.path.name}: {result.objective} ({result.direction}), {len(done)} finished jobs", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    from dltrain.engine.plots import save_figure
+
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -593,7 +620,17 @@ def summarize_command(argv: list[str]) -> int:
 
 
 class SweepSummary(Callback):
-    """Hydra callback (configs/config.yaml hydra.callbacks): summarise every multirun when it ends."""
+    """Hydra callback (configs/config.yaml hydra.callbacks): lock the sweep directory when a
+    multirun starts (one sweep per directory), summarise it when it ends."""
+
+    def on_multirun_start(self, config, **kwargs: Any) -> None:
+        from dltrain.files import FolderLock
+
+        try:
+            FolderLock(Path(str(config.hydra.sweep.dir)), "sweep directory").acquire()  # re-entrant: the CLI may hold it
+        except UserError as e:
+            sys.stderr.write(f"dltrain: error: {e}\n")
+            raise SystemExit(2) from None
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
         from omegaconf import OmegaConf

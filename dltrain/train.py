@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import platform
 import time
 from collections.abc import Mapping
@@ -20,16 +21,18 @@ from dltrain.config import RunSpec, validate
 from dltrain.data import DATASETS, DataBundle, Split
 from dltrain.engine import distributed, test_hooks
 from dltrain.engine.callbacks import EpochReport, MetricsLog, TaskEpochEnd
-from dltrain.engine.checkpoint import LoopState, TrainingInterrupted, config_hash, restore, snapshot
+from dltrain.engine.checkpoint import LoopState, StopSignals, TrainingInterrupted, config_hash, restore, snapshot
+from dltrain.engine.checkpoint import checkpoints as checkpoints_of
 from dltrain.engine.device import check_precision, configure_backends, describe, seed_everything, select_device, set_threads
 from dltrain.engine.loader import TensorLoader
 from dltrain.engine.loggers import LOGGERS
 from dltrain.engine.loop import Phase, evaluate, fit
 from dltrain.engine.plots import plot_history
 from dltrain.engine.progress import progress_display
-from dltrain.engine.rundir import RunDir, weights_sha256
+from dltrain.engine.rundir import RunDir, check_run_dir, weights_sha256, writing
 from dltrain.engine.writer import make_writer
 from dltrain.errors import ConfigError, UserError
+from dltrain.files import FolderLock
 from dltrain.losses import LOSSES
 from dltrain.models import MODELS
 from dltrain.models.layers import INITS, count_parameters
@@ -39,6 +42,8 @@ from dltrain.tasks import TASKS
 
 # The module each data-parallel rank runs (`python -m dltrain.rank CONFIG RUN_DIR`).
 RANK_ENTRY = "dltrain.rank"
+# Set for the ranks of trainer.devices=N: the launching process holds the run directory's lock.
+LOCK_HELD = "DLTRAIN_RUN_LOCK_HELD_BY_LAUNCHER"
 
 log = logging.getLogger("dltrain")
 
@@ -59,16 +64,68 @@ class Built:
 def build(spec: RunSpec, device: torch.device) -> Built:
     """Data, task, model (initialised, on `device`) and regularizers for `spec`."""
     data = DATASETS.build(spec.data, key="data")
+    check_data(data, spec)
     regs = list(build_regularizers(spec.reg).values())
     model_cfg = {**spec.model, **{k: v for r in regs for k, v in r.model.items()}}
     loss_cfg = {**spec.loss, **{k: v for r in regs for k, v in r.loss.items()}}
     task_cls = TASKS.get(spec.task).fn
     task = task_cls(data, LOSSES.get(loss_cfg["name"]), LOSSES.build(loss_cfg, key="loss"))
-    model: nn.Module = MODELS.build(model_cfg, key="model", in_shape=data.in_shape, out_features=task_cls.out_features(data))
+    shapes = dict(in_shape=data.in_shape, out_features=task_cls.out_features(data))
+    check_model_size(model_cfg, shapes, device)
+    model: nn.Module = MODELS.build(model_cfg, key="model", **shapes)
     INITS.build(spec.init, key="init")(model)
     channels_last = device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
     model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     return Built(spec, device, data, task, model, regs, channels_last)
+
+
+def check_data(data: DataBundle, spec: RunSpec) -> None:
+    """Every split holds examples, and every input is a finite number: a wrong split or a NaN in
+    the data is one line naming the key or the place, not a silent 0.0 (or nan) metric."""
+    import torch
+
+    for name in ("train", "val", "test"):
+        split = getattr(data, name)
+        if len(split) == 0:
+            if data.task == "forecasting":
+                hint = "data.window + data.horizon leaves no windows in it; allowed: a shorter data.window or data.horizon, or a larger data.val_fraction / data.test_fraction"
+            else:
+                hint = "allowed: a larger data.val_fraction / data.test_fraction"
+            raise UserError(f"data={data.name}: the {name} split is empty; {hint}")
+        if split.x.is_floating_point() and not bool(torch.isfinite(split.x).all()):
+            row = int((~torch.isfinite(split.x.reshape(len(split), -1))).any(1).nonzero()[0])
+            raise UserError(f"data={data.name}: the {name} split holds a non-finite input (NaN or inf) in example {row}; fix the data or drop that example")
+
+
+def check_model_size(model_cfg: Mapping[str, Any], shapes: Mapping[str, Any], device: torch.device) -> None:
+    """Build the model on torch's meta device first (no memory) and refuse one that could not be
+    trained here: weights, gradients and two optimizer moments larger than the machine's memory."""
+    name = model_cfg["name"]
+    big = {k: v for k, v in model_cfg.items() if isinstance(v, (int, list)) and not isinstance(v, bool)}
+    try:
+        with torch.device("meta"):
+            probe = MODELS.build(model_cfg, key="model", **shapes)
+    except (OverflowError, RuntimeError, ValueError, TypeError) as e:
+        if isinstance(e, OverflowError) or any(w in str(e).lower() for w in ("overflow", "too large", "negative dimension", "invalid shape")):
+            raise UserError(f"model={name} cannot be built with these sizes ({', '.join(f'model.{k}={v}' for k, v in big.items())}): {str(e).splitlines()[0][:120]}") from None
+        return  # it does something the meta device cannot: built for real below
+    weights = sum(t.numel() * t.element_size() for t in [*probe.parameters(), *probe.buffers()])
+    memory = _memory_bytes(device)
+    if memory and 4 * weights > memory:
+        count = sum(p.numel() for p in probe.parameters())
+        raise UserError(
+            f"model={name} would have {count:,} parameters ({weights / 2**30:.1f} GiB of weights, about {4 * weights / 2**30:.1f} GiB to train), "
+            f"more than this {device.type} device's {memory / 2**30:.1f} GiB; allowed: smaller sizes ({', '.join(f'model.{k}={v}' for k, v in big.items())})"
+        )
+
+
+def _memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml: str | None = None, on_epoch=None) -> dict[str, Any]:
@@ -86,11 +143,33 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
     plain, config_text = _plain_config(cfg, config_yaml)
     run = RunDir(run_dir)
     ranks = distributed.current()
-    resume = find_resume(trainer, run.path, plain, log.warning)  # before anything is built: fail fast
-    if trainer.devices > 1 and not ranks.enabled:
-        if on_epoch is not None:
-            log.warning("trainer.devices=%d: per-epoch reports (a sweep's pruning) are off for data-parallel jobs", trainer.devices)
-        return distributed.launch(trainer.devices, trainer, config_text, run.path, RANK_ENTRY)
+
+    def note(message: str) -> None:
+        log.info(message)
+        if ranks.main:
+            console.print(message, highlight=False, soft_wrap=True)
+
+    resume = find_resume(trainer, run.path, plain, log.warning, note)  # before anything is built: fail fast
+    if isinstance(resume, dict):  # a finished run, nothing to continue: its summary, nothing rewritten
+        return resume
+    if ranks.main:
+        check_run_dir(run.path, config_hash(plain), resuming=trainer.resume is not None)
+    held = os.environ.get(LOCK_HELD) == str(run.path.resolve())  # our launcher's ranks: the launcher holds it
+    with FolderLock(run.path) if ranks.main and not held else contextlib.nullcontext():
+        if trainer.devices > 1 and not ranks.enabled:
+            if on_epoch is not None:
+                log.warning("trainer.devices=%d: per-epoch reports (a sweep's pruning) are off for data-parallel jobs", trainer.devices)
+            os.environ[LOCK_HELD] = str(run.path.resolve())
+            try:
+                return distributed.launch(trainer.devices, trainer, config_text, run.path, RANK_ENTRY)
+            finally:
+                os.environ.pop(LOCK_HELD, None)
+        with StopSignals() as stop:  # also around building and the final test: a signal there stops cleanly
+            return _train(spec, plain, config_text, run, ranks, resume, stop, console, config_yaml, on_epoch)
+
+
+def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, resume, stop: StopSignals, console, config_yaml: str | None, on_epoch) -> dict[str, Any]:
+    trainer = spec.trainer
     device = select_device(trainer.device)
     if ranks.enabled and device.type == "cuda":
         device = torch.device("cuda", ranks.local_rank)
@@ -132,10 +211,7 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
 
     main = ranks.main  # only rank 0 writes the run directory
     if main:
-        try:
-            run.create()
-        except OSError as e:
-            raise UserError(f"cannot write the run directory {run.path}: {e.strerror or e}") from None
+        run.create()
         if config_yaml is not None:
             run.write_config(config_yaml)
     start = None
@@ -146,9 +222,12 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
             run.restart_metrics(start.history)
         log.info("resuming from %s: epoch %d, batch %d, step %d", resume[0], start.epoch, start.batch, start.step)
 
+    # Periodic checkpoints go to a writer process started now; a run with only time-based, final
+    # and interrupt checkpoints (the default) takes a few at most, written in the loop (~10 ms each).
     planned = trainer.checkpoint.every_n_steps or trainer.checkpoint.every_n_epochs
     state_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values()) if planned else 0
-    writer = make_writer(trainer.checkpoint.writer if main else "rank", run.checkpoints, config_text, trainer.checkpoint.keep_last, state_bytes)
+    kind = ("rank" if not main else trainer.checkpoint.writer if planned else "sync")
+    writer = make_writer(kind, run.checkpoints, config_text, trainer.checkpoint.keep_last, state_bytes)
     config_sha256 = config_hash(plain)
 
     def save_checkpoint(loop: LoopState, model_state) -> Path:
@@ -177,7 +256,7 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
             result = fit(
                 net, task, phases, (train_loader, val_loader), trainer, device=device, ranks=ranks,
                 penalty=penalty if penalty else None, weights=model.state_dict, callbacks=callbacks,
-                save_checkpoint=save_checkpoint, start=start,
+                save_checkpoint=save_checkpoint, start=start, stop=stop,
             )
     except (TrainingInterrupted, UserError):
         writer.close()  # the interrupt's checkpoint must be committed (or its error reported) before exiting
@@ -192,17 +271,28 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
     if not main:
         return {}
 
+    last_checkpoint = checkpoints_of(run.checkpoints)[:1]
+
+    def stopped_here(stage: str) -> None:
+        """A signal during the final stages: stop with one line; resume finishes from the last checkpoint."""
+        if stop.received is not None:
+            raise TrainingInterrupted(stop.received, last_checkpoint[0] if last_checkpoint else None, f"during {stage}")
+
     last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     run.save_weights("last", last_state, {"epoch": result.epochs, "step": result.steps})
     best_state = result.best_state or last_state
     run.save_weights("best", best_state, {"epoch": result.best["epoch"] or result.epochs})
     if trainer.test_ckpt == "best":
         model.load_state_dict(best_state)
+    stopped_here("the final test")
     t0 = time.perf_counter()
     test = evaluate(net, task, test_loader, device, trainer.precision, split="test")
     test_seconds = time.perf_counter() - t0
-    plot_history(result.history, run.plots)
-    extras = task.end_fit(model, run.plots)
+    stopped_here("the final test")
+    with writing(run.plots):
+        plot_history(result.history, run.plots)
+        extras = task.end_fit(model, run.plots)
+    stopped_here("the plots")
     if extras.get("preview"):
         console.print(extras.pop("preview"), highlight=False)
 
@@ -249,17 +339,19 @@ def _plain_config(cfg: Mapping[str, Any], config_yaml: str | None) -> tuple[dict
     return plain, config_yaml if config_yaml is not None else yaml.safe_dump(plain, sort_keys=False)
 
 
-def find_resume(trainer, run_dir: Path, plain: dict[str, Any], warn) -> tuple[Path, dict[str, bytes]] | None:
-    """The checkpoint to continue from (verified), per trainer.resume; None to start afresh.
+def find_resume(trainer, run_dir: Path, plain: dict[str, Any], warn, note=log.info) -> tuple[Path, dict[str, bytes]] | dict | None:
+    """The checkpoint to continue from (verified), per trainer.resume; None to start afresh; or
+    the summary of a finished run when there is nothing to continue (nothing is rewritten).
 
-    A run dir resumes from its newest checkpoint, which must verify; a checkpoint dir from itself;
-    `auto` from the newest valid checkpoint with this config's hash in this run dir or the run
-    dirs beside it, falling back past damaged ones. A changed config fails with a diff of the
-    changed keys unless trainer.resume_force.
+    A run dir resumes from its newest checkpoint, which must verify (a run dir without one yet
+    starts from the beginning, and `note` says so); a checkpoint dir from itself; `auto` from
+    the newest valid checkpoint of this config in this run dir or the unfinished run dirs beside
+    it, falling back past damaged ones. A changed config fails with a diff of the changed keys
+    unless trainer.resume_force; raising trainer.max_epochs is allowed, and `note` says what it
+    changes.
     """
-    import yaml
 
-    from dltrain.engine.checkpoint import MANIFEST, checkpoints, config_diff, config_hash, newest_valid
+    from dltrain.engine.checkpoint import MANIFEST, checkpoints, config_hash, newest_valid
 
     if not trainer.resume:
         return None
@@ -267,6 +359,8 @@ def find_resume(trainer, run_dir: Path, plain: dict[str, Any], warn) -> tuple[Pa
         want, found = config_hash(plain), []
         root = run_dir.resolve().parent
         for ckdir in {run_dir / "checkpoints", *root.glob("*/checkpoints"), *root.parent.glob("*/*/checkpoints")}:
+            if (ckdir.parent / "summary.json").is_file() and ckdir.parent.resolve() != run_dir.resolve():
+                continue  # a finished run is never adopted
             for p in checkpoints(ckdir):
                 try:
                     if json_load(p / "state.json").get("config_sha256") == want:
@@ -286,14 +380,59 @@ def find_resume(trainer, run_dir: Path, plain: dict[str, Any], warn) -> tuple[Pa
             if not target.is_dir():
                 raise UserError(f"resume: run directory {str(target)!r} does not exist")
             found = checkpoints(target / "checkpoints")
+            finished = _finished(target)
             if not found:
-                raise UserError(f"resume: {target} has no checkpoint to resume from (checkpoints/step-*/; see trainer.checkpoint.every_n_epochs)")
+                if finished is not None:
+                    if trainer.max_epochs > finished.get("epochs", 0) and not finished.get("stopped_early"):
+                        raise UserError(f"resume: {target} finished without a checkpoint to continue from (trainer.checkpoint.every_n_minutes=0); train anew with trainer.max_epochs={trainer.max_epochs}")
+                    note(f"resume: {target} has finished ({finished.get('epochs')} epochs); nothing to do")
+                    return finished
+                note(f"resume: {target} has no checkpoint yet (it stopped before its first); training it from the beginning in the same directory")
+                return None
             path, files = newest_valid(found, fallback=False)
+            if finished is not None and (trainer.max_epochs <= finished.get("epochs", 0) or finished.get("stopped_early")):
+                _check_same_config(trainer, path, files, plain, note)
+                note(f"resume: {target} has finished ({finished.get('epochs')} epochs{', stopped early' if finished.get('stopped_early') else ''}); nothing to do (raise trainer.max_epochs to train on)")
+                return finished
+    _check_same_config(trainer, path, files, plain, note)
+    return path, files
+
+
+def _check_same_config(trainer, path: Path, files: Mapping[str, bytes], plain: dict, note) -> None:
+    """A resumed run keeps its config, but for display and cadence keys and a raised max_epochs."""
+    import yaml
+
+    from dltrain.engine.checkpoint import config_diff
+
     if "config.yaml" in files and not trainer.resume_force:
-        diff = config_diff(yaml.safe_load(files["config.yaml"]) or {}, plain)
+        old = yaml.safe_load(files["config.yaml"]) or {}
+        diff = config_diff(old, plain)
+        longer = _longer_run(old, plain, note)
+        diff = [d for d in diff if not (longer and d.startswith("trainer.max_epochs:"))]
         if diff:
             raise UserError(f"resume: the config differs from checkpoint {path}'s: {'; '.join(diff)} (resume.force=true to resume anyway)")
-    return path, files
+
+
+def _finished(run_dir: Path) -> dict | None:
+    """The summary of a finished run (summary.json), or None."""
+    try:
+        return json_load(run_dir / "summary.json")
+    except (OSError, ValueError):
+        return None
+
+
+def _longer_run(old: dict, new: dict, note) -> bool:
+    """Whether the only change is a raised trainer.max_epochs that the run can follow; says what it means."""
+    before = (old.get("trainer") or {}).get("max_epochs")
+    after = (new.get("trainer") or {}).get("max_epochs")
+    if not isinstance(before, int) or not isinstance(after, int) or after <= before:
+        return False
+    sched = (new.get("sched") or {}).get("name")
+    if sched == "onecycle":
+        raise UserError(f"resume: trainer.max_epochs {before} -> {after}: sched=onecycle's cycle is fixed to the first {before} epochs; train anew, or resume.force=true with another sched")
+    shape = f"; sched={sched} now spans {after} epochs, so the learning rate from here on follows the longer schedule" if sched in ("cosine", "warmup_cosine") else ""
+    note(f"resume: trainer.max_epochs {before} -> {after}: training continues to epoch {after}{shape}")
+    return True
 
 
 def json_load(path: Path) -> dict:

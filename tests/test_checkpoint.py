@@ -382,7 +382,8 @@ def test_changed_config_fails_fast_with_a_diff_unless_forced(run_train, tmp_path
     with pytest.raises(UserError, match=r"data.batch_size: 32 -> 16.*trainer.accumulate: 1 -> 2.*resume.force=true"):
         run_train(tmp_path / "run", *MODELS["mlp"], *TINY, "data.batch_size=16", "trainer.accumulate=2", f"trainer.resume={tmp_path / 'run'}")
     with pytest.raises(UserError, match=r"does not fit this model"):
-        run_train(tmp_path / "run", "model=mlp", "model.hidden=16", *TINY, f"trainer.resume={tmp_path / 'run'}", "trainer.resume_force=true")  # forced: the weights do not fit
+        # forced, and asked for more epochs (a finished run is otherwise left as it is): the weights do not fit
+        run_train(tmp_path / "run", "model=mlp", "model.hidden=16", *TINY, "trainer.max_epochs=4", f"trainer.resume={tmp_path / 'run'}", "trainer.resume_force=true")
 
 
 @pytest.mark.slow

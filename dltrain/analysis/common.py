@@ -45,10 +45,15 @@ def _either(names: Sequence[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
-def output_dir(loaded: LoadedRun, verb: str) -> Path:
-    """``<run>/analysis/<verb>/``, created if needed."""
+def output_dir(loaded: LoadedRun, verb: str, fresh: bool = False) -> Path:
+    """``<run>/analysis/<verb>/``, created if needed. `fresh`: the files a previous run of the verb
+    left there are removed first (which files it writes depends on its options)."""
     path = loaded.path / "analysis" / verb
     path.mkdir(parents=True, exist_ok=True)
+    if fresh:
+        for old in path.iterdir():
+            if old.is_file() or old.is_symlink():
+                old.unlink()
     return path
 
 

@@ -66,7 +66,7 @@ def run_compress(opts: CompressOptions) -> int:
     if opts.finetune_epochs and opts.prune.amount == 0:
         raise UserError("finetune_epochs applies after pruning; give prune=AMOUNT too")
     loaded = open_run(opts, "compress")
-    out = output_dir(loaded, "compress")
+    out = output_dir(loaded, "compress", fresh=True)
     model = loaded.built.model.eval()
     measure = Measure(loaded, opts.batch_size, opts.repeats, opts.threads)
     rows = [measure("original (fp32)", model, out / "model_fp32.pt")]

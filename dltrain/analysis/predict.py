@@ -37,10 +37,13 @@ def run_predict(opts: PredictOptions) -> int:
     source = Path(opts.input)
     if not source.exists():
         raise UserError(f"input={opts.input!r} does not exist")
+    if opts.output and Path(opts.output).is_dir():
+        raise UserError(f"output={opts.output!r} is a folder; give a file name, e.g. output={Path(opts.output) / 'predictions.csv'}")
     loaded = open_run(opts, "predict")
     built = loaded.built
     data = built.data
     raw, names = read_inputs(source, data)
+    check_finite(raw, names, source)
     x = normalize(data, raw)
     outputs = predict_outputs(built.model, x, opts.batch_size)
     rows = prediction_rows(data, built.spec.task, outputs, names)
@@ -74,17 +77,37 @@ def read_inputs(source: Path, data: DataBundle) -> tuple[np.ndarray, list[str]]:
     return x, [str(i) for i in range(len(x))]
 
 
+def check_finite(raw: np.ndarray, names: list[str], source: Path) -> None:
+    """A NaN or inf in the input is named (example and value position), never predicted."""
+    bad = ~np.isfinite(raw.reshape(len(raw), -1))
+    if bad.any():
+        row, column = (int(i) for i in np.argwhere(bad)[0])
+        where = f"row {row + 1}, column {column + 1}" if source.suffix.lower() == ".csv" else f"example {names[row]}, value {column}"
+        raise UserError(f"{source}: {where} is {raw.reshape(len(raw), -1)[row, column]} (not a finite number); fix or drop it")
+
+
+# Pillow refuses images above this many pixels (a decompression bomb expands a small file into gigabytes).
+MAX_IMAGE_PIXELS = 50_000_000
+
+
 def read_image(path: Path, data: DataBundle) -> np.ndarray:
     """An image file -> (C, H, W) raw values in the data's pixel range."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     c, h, w = data.in_shape
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
-        with Image.open(path) as img:
-            img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
-            unit = np.asarray(img, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"{path} is not a readable image ({e})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+                unit = np.asarray(img, dtype=np.float32) / 255.0
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UserError(f"{path} is larger than {MAX_IMAGE_PIXELS:,} pixels (a decompression bomb?); refused") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise UserError(f"{path} is not a readable image ({str(e).splitlines()[0]})") from None
     unit = unit[None] if c == 1 else np.moveaxis(unit, -1, 0)
     if unit.shape[0] != c:
         raise UserError(f"{path}: this run expects {c}-channel images")
@@ -130,7 +153,7 @@ def read_array(path: Path) -> np.ndarray:
     except (ValueError, OSError) as e:
         raise UserError(f"{path} is not a readable NumPy file ({str(e).splitlines()[0]})") from None
     if isinstance(loaded, np.ndarray):
-        return loaded.astype(np.float32)
+        return _numbers(loaded, path)
     with loaded:
         keys = list(loaded.keys())
         if "x" in keys:
@@ -139,7 +162,21 @@ def read_array(path: Path) -> np.ndarray:
             key = keys[0]
         else:
             raise UserError(f"{path} holds arrays {', '.join(keys) or '(none)'}; put the inputs under the name 'x'")
-        return loaded[key].astype(np.float32)
+        try:
+            array = loaded[key]
+        except ValueError as e:  # an object array: it would need unpickling
+            raise UserError(f"{path}: array {key!r} is not numeric ({str(e).splitlines()[0]}); nothing is unpickled") from None
+        return _numbers(array, path, key)
+
+
+def _numbers(array: np.ndarray, path: Path, key: str = "") -> np.ndarray:
+    """A numeric array as float32; strings, objects and empty arrays are refused."""
+    name = f"{path}" + (f" (array {key!r})" if key else "")
+    if array.dtype.kind not in "biuf":
+        raise UserError(f"{name} holds {array.dtype} values; give numbers")
+    if array.size == 0:
+        raise UserError(f"{name} is empty")
+    return array.astype(np.float32)
 
 
 def fit_shape(array: np.ndarray, in_shape: tuple[int, ...], path: Path, data_name: str) -> np.ndarray:

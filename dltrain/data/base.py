@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 import torch
 
+from dltrain.errors import UserError
 from dltrain.registry import Registry
 
 DATASETS = Registry("data")
@@ -103,6 +105,18 @@ def stratified_split(
     """
     strata = quantile_bins if by == "quantile" else (lambda t: t)
     from sklearn.model_selection import train_test_split  # when data is built (see tabular.py)
+
+    groups = len(np.unique(strata(y)))  # a stratified split needs one example of each in every split
+    n = len(y)
+    n_test = math.ceil(test_fraction * n)  # scikit-learn's rounding
+    n_val = math.ceil(val_fraction * (n - n_test)) if val_fraction > 0 else groups
+    n_train = n - n_test - (n_val if val_fraction > 0 else 0)
+    what = "classes" if by == "class" else "target deciles"
+    for key, value, size, of in (("data.test_fraction", test_fraction, n_test, n), ("data.val_fraction", val_fraction, n_val, n - n_test)):
+        if size < groups:
+            raise UserError(f"{key}={value:g} gives {size} of {of} examples to that split, fewer than its {groups} {what}; allowed: at least {groups / of:.3g}")
+    if n_train < groups:
+        raise UserError(f"data.val_fraction={val_fraction:g} and data.test_fraction={test_fraction:g} leave {n_train} of {n} examples to train on, fewer than the {groups} {what}; allowed: smaller fractions")
 
     x_rest, x_test, y_rest, y_test = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=strata(y))
     if val_fraction > 0:

@@ -60,8 +60,10 @@ def read_idx(path: str | Path) -> np.ndarray:
     path = Path(path)
     try:
         data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except PermissionError:
+        raise UserError(f"cannot read IDX file {path}: permission denied (data.root must be readable by this user)") from None
     except (OSError, EOFError, gzip.BadGzipFile) as e:  # truncated gzip streams raise EOFError
-        raise UserError(f"cannot read IDX file {path}: {e}") from e
+        raise UserError(f"cannot read IDX file {path}: {e}") from None
     if len(data) < 8:
         raise UserError(f"{path} is not an IDX file: {len(data)} bytes, shorter than the header")
     magic, count = struct.unpack(">II", data[:8])
@@ -76,6 +78,8 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise UserError(
             f"{path} is not an MNIST IDX file: magic number {magic}, expected {IMAGES_MAGIC} (images) or {LABELS_MAGIC} (labels)"
         )
+    if count == 0:
+        raise UserError(f"{path} holds no {'images' if magic == IMAGES_MAGIC else 'labels'} (its header says 0)")
     expected = header + int(np.prod(shape))
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "corrupt (trailing bytes)"
@@ -172,6 +176,7 @@ def _official_bundle(
 def _fetch_missing(dataset: str, root: str, path: Path, download: bool) -> None:
     """Download the official files missing from `path`, or raise the one-line error saying what to put there."""
     if download:
+        created = [p for p in [path, *path.parents] if not p.exists()]  # the folders a failed download must not leave behind
         try:
             for stem in TRAIN_FILES + TEST_FILES:
                 if _find(path, (stem,)) is None:
@@ -179,6 +184,11 @@ def _fetch_missing(dataset: str, root: str, path: Path, download: bool) -> None:
             return
         except (UserError, OSError) as e:  # OSError: root itself cannot be created
             reason = f"the download failed ({e})"
+            for folder in created:  # deepest first; only if still empty
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
     else:
         reason = "download is off (data.download=false)"
     wanted = ", ".join(f"{stem}.gz" for stem in TRAIN_FILES + TEST_FILES)
@@ -192,6 +202,8 @@ def load_mnist_family(
 ) -> DataBundle:
     """Build the bundle for `dataset` from `root`, downloading only when no usable set is there."""
     path = Path(root).expanduser()
+    if path.is_dir() and not os.access(path, os.R_OK | os.X_OK):
+        raise UserError(f"data.root={root!r} cannot be read by this user (permission denied)")
     if _find(path, TEST_FILES) is None:  # the t10k files alone are a usable set; only then stay offline
         _fetch_missing(dataset, root, path, download)
     train, test = _find(path, TRAIN_FILES), _find(path, TEST_FILES)

@@ -44,16 +44,17 @@ from dltrain.engine.atomic import CHECKPOINT_FORMAT, MANIFEST, CheckpointError, 
 
 # Keys that may change between a run and its resume without a config-diff error: they do not
 # change what is computed (display, checkpoint cadence, where it runs, the resume switch itself).
-RESUME_SAFE_KEYS = ("trainer.progress", "trainer.resume", "trainer.resume_force", "trainer.checkpoint.every_n_steps", "trainer.checkpoint.every_n_epochs", "trainer.checkpoint.keep_last", "trainer.checkpoint.writer", "logger")
+RESUME_SAFE_KEYS = ("trainer.progress", "trainer.resume", "trainer.resume_force", "trainer.checkpoint.every_n_steps", "trainer.checkpoint.every_n_epochs", "trainer.checkpoint.every_n_minutes", "trainer.checkpoint.keep_last", "trainer.checkpoint.writer", "logger")
 
 
 class TrainingInterrupted(Exception):
     """SIGINT/SIGTERM arrived; a checkpoint was saved at the next safe point. `code`: the exit code."""
 
-    def __init__(self, signum: int, checkpoint: Path | None) -> None:
+    def __init__(self, signum: int, checkpoint: Path | None, during: str = "") -> None:
         self.signum, self.checkpoint, self.code = signum, checkpoint, 128 + signum
         name = signal.Signals(signum).name
-        super().__init__(f"stopped by {name}" + (f"; checkpoint saved: {checkpoint}" if checkpoint else ""))
+        saved = "checkpoint saved" if not during else "last checkpoint"
+        super().__init__(f"stopped by {name}" + (f" {during}" if during else "") + (f"; {saved}: {checkpoint}" if checkpoint else ""))
 
 
 # ---- what a checkpoint holds -----------------------------------------------------------------

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dltrain.child import python_argv
 from dltrain.errors import ConfigError
 
 log = logging.getLogger("dltrain")
@@ -250,8 +251,8 @@ def set_rank_rng(states: Sequence[torch.Tensor] | None, ranks: Ranks) -> None:
 def launch(devices: int, trainer, config_yaml: str, run_dir: Path, entry: str) -> dict[str, Any]:
     """Train with `devices` ranks on this machine through torchrun's launcher; return the summary.
 
-    Each rank runs `python -m <entry> CONFIG_FILE RUN_DIR`: the resolved config (in a temporary
-    file) and the run directory. The
+    Each rank runs module `entry` with CONFIG_FILE RUN_DIR (the resolved config, in a temporary
+    file, and the run directory), started so that the working directory is not on its path. The
     launcher forwards SIGINT/SIGTERM to the ranks (they checkpoint at the next safe step) and, if
     a rank dies, stops the others at once.
     """
@@ -277,7 +278,7 @@ def launch(devices: int, trainer, config_yaml: str, run_dir: Path, entry: str) -
         config_file.write_text(config_yaml)
         log.info("launching %d ranks (torch.distributed elastic launch) into %s", devices, run_dir)
         try:
-            elastic_launch(config, sys.executable)("-m", entry, str(config_file), str(run_dir))
+            elastic_launch(config, sys.executable)(*python_argv(entry, str(config_file), str(run_dir)))
         except SignalException as e:  # the ranks got the signal too, and saved a checkpoint
             raise RanksFailed(128 + int(e.sigval), f"continue with: dltrain resume={run_dir}") from None
         except ChildFailedError as e:

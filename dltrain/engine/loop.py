@@ -105,6 +105,7 @@ def fit(
     callbacks: Sequence[Callback] = (),
     save_checkpoint: Callable[[LoopState, Mapping[str, torch.Tensor]], Path] | None = None,
     start: LoopState | None = None,
+    stop: StopSignals | None = None,
 ) -> FitResult:
     """Train `model` on `loaders` (train, val) for trainer.max_epochs, or until early stopping.
 
@@ -113,8 +114,11 @@ def fit(
     `callbacks` act at the points engine/callbacks.py lists. `save_checkpoint(loop_state,
     weights)` writes a full checkpoint (every_n_steps, every_n_epochs, on SIGINT/SIGTERM;
     NonFiniteWeights if the weights are not finite); `start` continues from a restored
-    checkpoint exactly where it stopped. With several `ranks`, DDP wraps the training step, each
-    rank trains on its shard of every batch and the training loss is averaged over ranks.
+    checkpoint exactly where it stopped; `stop` are the caller's signal handlers (default: fit's
+    own). Checkpoints are taken every_n_steps, every_n_epochs, at an epoch end when the last one
+    is older than every_n_minutes, after the last epoch (when any of them is on), and on a signal.
+    With several `ranks`, DDP wraps the training step, each rank trains on its shard of every
+    batch and the training loss is averaged over ranks.
     """
     train_loader, val_loader = loaders
     accumulate, closure = trainer.accumulate, any(ph.closure for ph in phases)
@@ -122,6 +126,8 @@ def fit(
     weights = weights or model.state_dict
     monitor, stop_monitor, patience = trainer.checkpoint.monitor, trainer.early_stop.monitor, trainer.early_stop.patience
     every_steps, every_epochs = trainer.checkpoint.every_n_steps, trainer.checkpoint.every_n_epochs
+    every_seconds = trainer.checkpoint.every_n_minutes * 60
+    checkpointing = bool(every_steps or every_epochs or every_seconds)
     n_batches, loss_names = len(train_loader), ["train_loss"] if len(phases) == 1 else [f"train_{p.name}_loss" for p in phases]
     nan_skip, max_skips, skips = trainer.nan == "skip", trainer.nan_max_skips, 0
     step_callbacks = per_step(callbacks)
@@ -172,17 +178,19 @@ def fit(
             task=_task_state(task), order=train_loader.order, best_state=best_state,
         )
         try:
+            saved_at[0] = time.monotonic()
             return save_checkpoint(loop, weights())
         except NonFiniteWeights:
             raise UserError(f"training diverged: the weights became non-finite by step {step} (epoch {epoch}); not checkpointed; lower optim.lr or add reg=grad_clip") from None
 
+    saved_at = [time.monotonic()]  # when the last checkpoint was taken (every_n_minutes)
     elapsed, t_start = s.train_seconds, time.perf_counter()
     # trainer.compile: steps with an input shape not seen before (the first, an epoch's last
     # partial batch) and the first evaluation are where compiling happens; timed apart
     compile_on = trainer.compile
     compile_seconds, compiled_shapes, first_eval = 0.0, set(), compile_on
     model.train()
-    with StopSignals() as stop:
+    with contextlib.nullcontext(stop) if stop is not None else StopSignals() as stop:
         for epoch in range(first_epoch, trainer.max_epochs + 1):
             t_epoch = time.perf_counter()
             for cb in callbacks:
@@ -289,7 +297,11 @@ def fit(
                 else:
                     bad_epochs += 1
                     stopped_early = bad_epochs >= patience
-            saved = checkpoint(epoch, n_batches, True) if (every_epochs and epoch % every_epochs == 0) or stopped_early else None
+            due = (every_epochs and epoch % every_epochs == 0) or (every_seconds and time.monotonic() - saved_at[0] >= every_seconds)
+            last = stopped_early or epoch == trainer.max_epochs  # a finished run can be continued (trainer.max_epochs raised)
+            if ddp and every_seconds and not every_epochs:  # ranks' clocks differ: rank 0 decides
+                due = bool(distributed.from_rank_0({"due": float(bool(due))}, ranks)["due"])
+            saved = checkpoint(epoch, n_batches, True) if due or (last and checkpointing) else None
             signum = distributed.agree_signal(stop.received) if ddp else stop.received
             if signum is not None:
                 raise TrainingInterrupted(signum, saved or checkpoint(epoch, n_batches, True))

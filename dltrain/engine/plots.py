@@ -6,6 +6,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
+def save_figure(fig, path: Path) -> None:
+    """Write a figure as PNG atomically (a symbolic link at `path` is replaced, never followed)."""
+    import io
+
+    from dltrain.engine.rundir import writing
+    from dltrain.files import atomic_write
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    with writing(path):
+        atomic_write(path, buf.getvalue())
+
+
 def plot_history(history: Sequence[dict], folder: Path) -> list[Path]:
     """Write loss.png (training losses and val_loss) and one PNG per other validation metric."""
     import matplotlib
@@ -29,7 +42,7 @@ def plot_history(history: Sequence[dict], folder: Path) -> list[Path]:
         ax.legend()
         fig.tight_layout()
         path = folder / f"{name}.png"
-        fig.savefig(path)
+        save_figure(fig, path)
         plt.close(fig)
         written.append(path)
     return written

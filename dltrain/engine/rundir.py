@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
+import io
 import json
 import os
 from collections.abc import Mapping
@@ -23,7 +25,7 @@ import torch
 
 from dltrain.engine.atomic import CHECKPOINT_FORMAT
 from dltrain.errors import UserError
-from dltrain.files import atomic_write
+from dltrain.files import atomic_write, injected_fault
 
 
 def weights_sha256(state: Mapping[str, torch.Tensor]) -> str:
@@ -36,8 +38,47 @@ def weights_sha256(state: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+# What a run directory may hold: dltrain's files, Hydra's (.hydra/, train.log) and a sweep job's.
+OURS = frozenset({"config.yaml", "metrics.csv", "summary.json", "checkpoints", "plots", "train.log", ".hydra", ".lock", "tensorboard", "analysis", "job.json"})
+
+
+def check_run_dir(path: Path, config_sha256: str, resuming: bool) -> None:
+    """Refuse to train into a folder that is not a new one, an empty one, or an unfinished dltrain
+    run of the same config (a resume may continue any run of its own); never into one where a
+    file dltrain or Hydra writes is a symbolic link (its target would be overwritten)."""
+    import yaml
+
+    from dltrain.engine.checkpoint import config_hash
+
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir():
+        raise UserError(f"hydra.run.dir={str(path)!r} is a file, not a folder; choose a new or empty folder")
+    entries = {p.name for p in path.iterdir()}
+    foreign = sorted(entries - OURS)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise UserError(f"{path} holds files that are not a dltrain run's ({shown}); train into a new or empty folder (hydra.run.dir=...), nothing there is overwritten")
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            if os.path.islink(os.path.join(root, name)):
+                raise UserError(f"{os.path.join(root, name)} is a symbolic link; dltrain never writes through one: remove it or train into a new folder")
+    if "config.yaml" not in entries or resuming:
+        return
+    if "summary.json" in entries:
+        raise UserError(f"{path} holds a finished run; continue it with dltrain resume={path} trainer.max_epochs=N, or train into a new folder")
+    try:
+        recorded = config_hash(yaml.safe_load((path / "config.yaml").read_text()) or {})
+    except (OSError, yaml.YAMLError):
+        recorded = None
+    if recorded != config_sha256:
+        raise UserError(f"{path} holds an unfinished run of another config; continue it with dltrain resume={path}, or train into a new folder")
+
+
 class RunDir:
-    """Paths and writers of one run directory."""
+    """Paths and writers of one run directory. A write that fails (a full disk, a read-only
+    folder) is a one-line UserError naming the file."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -49,27 +90,33 @@ class RunDir:
         self._columns: list[str] | None = None
 
     def create(self) -> None:
-        for p in (self.path, self.checkpoints, self.plots):
-            p.mkdir(parents=True, exist_ok=True)
+        with writing(self.path):
+            for p in (self.path, self.checkpoints, self.plots):
+                p.mkdir(parents=True, exist_ok=True)
 
     def write_config(self, yaml_text: str) -> None:
-        atomic_write(self.config, yaml_text.encode())
+        with writing(self.config):
+            atomic_write(self.config, yaml_text.encode())
 
     def append_metrics(self, row: Mapping[str, Any]) -> None:
-        """Append one row to metrics.csv (the first row fixes the columns)."""
+        """Append one row to metrics.csv (the first row fixes the columns); never through a symlink."""
         new = self._columns is None
         if new:
             self._columns = list(row)
-        with open(self.metrics, "w" if new else "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self._columns, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow({k: _fmt(v) for k, v in row.items()})
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self._columns, extrasaction="ignore", lineterminator="\r\n")
+        if new:
+            writer.writeheader()
+        writer.writerow({k: _fmt(v) for k, v in row.items()})
+        with writing(self.metrics):
+            injected_fault(self.metrics)
+            flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | (os.O_TRUNC if new else os.O_APPEND)
+            fd = os.open(self.metrics, flags, 0o644)
+            with open(fd, "w", newline="") as f:
+                f.write(buf.getvalue())
 
     def restart_metrics(self, rows: list[Mapping[str, Any]]) -> None:
         """Rewrite metrics.csv as `rows` (a resume: rows written after its checkpoint are dropped)."""
-        import io
-
         self._columns = None
         if not rows:
             self.metrics.unlink(missing_ok=True)
@@ -80,10 +127,12 @@ class RunDir:
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _fmt(v) for k, v in row.items()})
-        atomic_write(self.metrics, buf.getvalue().encode())
+        with writing(self.metrics):
+            atomic_write(self.metrics, buf.getvalue().encode())
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
-        atomic_write(self.summary, (json.dumps(summary, indent=2) + "\n").encode())
+        with writing(self.summary):
+            atomic_write(self.summary, (json.dumps(summary, indent=2) + "\n").encode())
 
     def save_weights(self, name: str, state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> Path:
         """Save model weights as checkpoints/<name>.safetensors, atomically."""
@@ -92,8 +141,18 @@ class RunDir:
         path = self.checkpoints / f"{name}.safetensors"
         tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         meta = {"format": str(CHECKPOINT_FORMAT), **{k: str(v) for k, v in metadata.items()}}
-        atomic_write(path, save(tensors, metadata=meta))
+        with writing(path):
+            atomic_write(path, save(tensors, metadata=meta))
         return path
+
+
+@contextlib.contextmanager
+def writing(path: Path):
+    """Turn a failed write of `path` (a full disk, a read-only folder) into one UserError line."""
+    try:
+        yield
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e} (a full disk or a read-only folder?); the run stopped and is not marked finished") from None
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -28,6 +28,7 @@ class CheckpointConfig:
     monitor: str = "auto"  # which validation metric picks the best checkpoint; auto: the task's
     every_n_epochs: NonNegativeInt = 0  # a full training-state checkpoint every N epochs; 0: none
     every_n_steps: NonNegativeInt = 0  # also one every N optimizer steps (mid-epoch); 0: none
+    every_n_minutes: NonNegative = 5.0  # also one at an epoch end when the last is older than this; 0: none. With any of these on, one after the last epoch too
     keep_last: NonNegativeInt = 2  # full checkpoints kept (the newest); 0: keep all
     writer: Literal["process", "thread", "sync"] = "process"  # who writes them while training goes on (engine/writer.py)
 

@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dltrain.child import python_command
 from dltrain.engine import atomic, writer_process
 from dltrain.engine.checkpoint import CheckpointError, NonFiniteWeights, Staging, _all_finite, plan, serialize
 
@@ -137,10 +138,9 @@ class ProcessWriter(Writer):
         try:
             os.ftruncate(fd, capacity)
             self._mem = mmap.mmap(fd, capacity)
-            package_root = str(Path(writer_process.__file__).parents[2])  # this dltrain, wherever it was imported from
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-            command = [sys.executable, "-m", "dltrain.engine.writer_process", str(theirs.fileno()), str(fd), str(capacity), str(os.getpid()), str(self.keep_last), str(self.root)]
-            self._proc = subprocess.Popen(command, pass_fds=(theirs.fileno(), fd), stdin=subprocess.DEVNULL, env=env)
+            args = (str(theirs.fileno()), str(fd), str(capacity), str(os.getpid()), str(self.keep_last), str(self.root))
+            command = python_command("dltrain.engine.writer_process", *args)  # never the working directory on its path
+            self._proc = subprocess.Popen(command, pass_fds=(theirs.fileno(), fd), stdin=subprocess.DEVNULL)
         finally:
             os.close(fd)
             theirs.close()
