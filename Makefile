@@ -38,10 +38,11 @@ lint: setup  ## ruff (pyflakes, import order, bugbear) and import-linter's layer
 	$(BIN)/ruff check dltrain hydra_plugins tests benchmarks
 	$(BIN)/lint-imports
 
-bench: setup  ## engine-overhead, CLI-startup and parallel-sweep benchmarks
+bench: setup  ## engine-overhead, CLI-startup, checkpoint-cost and parallel-sweep benchmarks
 	$(BIN)/python benchmarks/engine_overhead.py
 	$(BIN)/python benchmarks/engine_overhead.py --checkpoint-every-n-steps 50 --threads 1
 	$(BIN)/python benchmarks/cli_startup.py
+	$(BIN)/python benchmarks/checkpoint_cost.py
 	$(BIN)/python benchmarks/sweep_parallel.py
 
 bench-gpu: setup  ## CNN throughput vs a hand-written loop, and time to 98% (needs the MNIST files; CUDA if present)

@@ -30,7 +30,8 @@ from dltrain.data import DATASETS
 from dltrain.models import MODELS
 from dltrain.train import train
 
-OVERRIDES = ["model=mlp", "optim=adam", "sched=none", "data.batch_size=32", "trainer.progress=lines"]
+# checkpoints off: the hand-written loop saves nothing (benchmarks/checkpoint_cost.py measures what they cost)
+OVERRIDES = ["model=mlp", "optim=adam", "sched=none", "data.batch_size=32", "trainer.progress=lines", "trainer.checkpoint.every_n_minutes=0"]
 
 
 def hand_written(epochs: int, seed: int) -> float:

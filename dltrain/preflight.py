@@ -21,7 +21,7 @@ from dltrain.compose import check_choices, compose, compose_checked, groups
 from dltrain.config import validate
 from dltrain.errors import UserError
 from dltrain.search import is_search, probe_jobs, search_space
-from dltrain.trust import check_hydra_node
+from dltrain.trust import check_hydra_node, check_hydra_overrides
 
 # Sweeps larger than this are checked value by value rather than combination by combination.
 MAX_CHECKED_COMBINATIONS = 512
@@ -150,6 +150,7 @@ def check_trust(overrides: Sequence[str]) -> None:
 def _hydra_lines(overrides: Sequence[str]) -> list[str]:
     """The command line's overrides of Hydra's own config (never swept)."""
     lines = ov.parse([o for o in overrides if ov.is_hydra(o)])
+    check_hydra_overrides(lines)
     for o in lines:
         if o.is_sweep_override():
             raise UserError(f"{o.input_line}: Hydra's own settings cannot be swept; a search space goes on the command line as KEY=interval(...) or KEY=choice(...)")

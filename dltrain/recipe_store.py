@@ -66,7 +66,10 @@ def register_recipes() -> None:
     if files == _REGISTERED and all(f"{name}.yaml" in stored for name, _, _ in files):
         return  # unchanged: reading a dozen YAML files per composition would double its cost
     for name, path, _ in files:
-        read_recipe(path)  # a file that is not a YAML mapping is one line, not Hydra's traceback
+        try:
+            read_recipe(path)
+        except UserError:  # not a YAML mapping: not a choice (`recipe=PATH` says why, see rewrite_file_overrides)
+            continue
         store.store(group=GROUP, name=name, node=OmegaConf.load(path), package="_global_", provider="dltrain")
     _REGISTERED = files
 
@@ -96,6 +99,7 @@ def rewrite_file_overrides(overrides: list[str]) -> list[str]:
         key, sep, value = o.partition("=")
         if sep and key == GROUP and value.endswith((".yaml", ".yml")):
             path = find(value)
+            read_recipe(path)  # a file that is not a YAML mapping is one line, not Hydra's traceback
             _EXTRA[path.stem] = path.resolve()
             register_recipes()
             o = f"{GROUP}={path.stem}"

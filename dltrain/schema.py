@@ -30,9 +30,9 @@ class Range:
     def describe(self) -> str:
         parts = []
         if self.low is not None:
-            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+            parts.append(f"{'>' if self.low_open else '>='} {_number(self.low)}")
         if self.high is not None:
-            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+            parts.append(f"{'<' if self.high_open else '<='} {_number(self.high)}")
         return " and ".join(parts) or "finite"
 
     def contains(self, v: float) -> bool:
@@ -43,6 +43,10 @@ class Range:
         if self.high is not None and (v > self.high or (self.high_open and v == self.high)):
             return False
         return True
+
+
+def _number(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else f"{v:g}"
 
 
 @dataclass(frozen=True)

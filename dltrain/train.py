@@ -284,11 +284,12 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
     run.save_weights("best", best_state, {"epoch": result.best["epoch"] or result.epochs})
     if trainer.test_ckpt == "best":
         model.load_state_dict(best_state)
-    stopped_here("the final test")
+    test_hooks.at("test")
     t0 = time.perf_counter()
     test = evaluate(net, task, test_loader, device, trainer.precision, split="test")
     test_seconds = time.perf_counter() - t0
     stopped_here("the final test")
+    test_hooks.at("plots")
     with writing(run.plots):
         plot_history(result.history, run.plots)
         extras = task.end_fit(model, run.plots)

@@ -77,6 +77,23 @@ def check_hydra_node(hydra: Mapping[str, Any]) -> None:
         raise _refuse(where, "...", "no _target_ in the hydra config but the launcher, the sweeper and dltrain's callback")
 
 
+def check_hydra_overrides(parsed: Iterable) -> None:
+    """The same rules for command-line overrides of hydra.job.env_set/env_copy, before composing
+    (Hydra reads env_copy's variables while it composes)."""
+    for o in parsed:
+        key = o.key_or_group
+        if key.startswith("hydra.job.env_set.") and LOADER_VARIABLE.fullmatch(key.rsplit(".", 1)[1]):
+            raise _refuse(key, o.value(), "no variable that makes a process load code (PYTHON*, LD_*, DYLD_*, PATH, ...)")
+        if key == "hydra.searchpath":  # Hydra imports a pkg:// entry's package as it composes
+            for entry in o.value() if isinstance(o.value(), list) else [o.value()]:
+                if not str(entry).startswith("file://"):
+                    raise _refuse(key, entry, "file://FOLDER entries (a pkg:// entry imports a package); or --config-dir FOLDER")
+        if key == "hydra.job.env_copy":
+            for name in o.value() if isinstance(o.value(), list) else [o.value()]:
+                if LOADER_VARIABLE.fullmatch(str(name)):
+                    raise _refuse(key, name, "no variable that makes a process load code (PYTHON*, LD_*, DYLD_*, PATH, ...)")
+
+
 def check_config_dirs(folders: Iterable[str]) -> None:
     """A user config folder may add choices to dltrain's groups, not to Hydra's own (hydra/...)."""
     for folder in folders:

@@ -5,6 +5,7 @@ subprocess (a kill cannot be monkeypatched into another process).
     DLTRAIN_TEST_KILL=sigint:N   SIGINT after step N (sigterm:N: SIGTERM; sigint2:N: two SIGINTs)
     DLTRAIN_TEST_KILL=sigterm2:N two SIGTERMs, 0.15 s apart, after step N
     DLTRAIN_TEST_KILL=eval:N     SIGKILL during epoch N's validation, after its first batch
+    DLTRAIN_TEST_KILL=sigterm@test   SIGTERM as the final test begins (sigterm@plots: the plots)
     DLTRAIN_TEST_KILL_RANK=K     data-parallel runs: only rank K fires
     (save:N is engine/atomic.py's: a kill in the middle of the N-th checkpoint write)
 
@@ -70,3 +71,9 @@ class DuringValidation(Callback):
         if epoch == self.epoch:
             next(iter(self.val_loader))  # the first validation batch is computed
             _kill()
+
+
+def at(stage: str) -> None:
+    """Send SIGTERM at a stage after training (`stage`: test, plots) if DLTRAIN_TEST_KILL asks."""
+    if os.environ.get("DLTRAIN_TEST_KILL") == f"sigterm@{stage}":
+        os.kill(os.getpid(), signal.SIGTERM)
