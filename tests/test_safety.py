@@ -362,3 +362,18 @@ def test_the_trust_check_knows_every_launcher_dltrain_offers(compose):
     for launcher in groups()["launcher"]:
         check_hydra_node(OmegaConf.to_container(compose_with_hydra([f"launcher={launcher}", "hparams_search=mlp_digits"], with_hydra=True).hydra, resolve=False))
     check_hydra_node(OmegaConf.to_container(compose_with_hydra([], with_hydra=True).hydra, resolve=False))
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads every folder: needs a non-root user")
+def test_a_data_root_this_user_cannot_read_is_one_line(tmp_path):
+    from dltrain.data import DATASETS
+    from dltrain.errors import UserError
+
+    root = tmp_path / "locked"
+    root.mkdir()
+    root.chmod(0)
+    try:
+        with pytest.raises(UserError, match="cannot be read by this user"):
+            DATASETS.build({"name": "mnist", "root": str(root), "download": False})
+    finally:
+        root.chmod(0o755)
