@@ -35,7 +35,7 @@ test-fast: setup  ## the fast tests only
 	$(BIN)/python -m pytest -m "not slow" tests
 
 lint: setup  ## ruff (pyflakes, import order, bugbear) and import-linter's layer contracts (pyproject.toml)
-	$(BIN)/ruff check dltrain hydra_plugins tests benchmarks
+	$(BIN)/ruff check dltrain hydra_plugins tests benchmarks examples
 	$(BIN)/lint-imports
 
 bench: setup  ## engine-overhead, CLI-startup, checkpoint-cost and parallel-sweep benchmarks

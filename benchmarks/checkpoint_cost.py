@@ -19,8 +19,8 @@ import tempfile
 import torch
 from rich.console import Console
 
-from dltrain.compose import compose_checked
-from dltrain.train import train
+from dltrain.composition import compose_checked
+from dltrain.training import train
 
 
 def seconds(*overrides: str) -> float:

@@ -25,10 +25,10 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from dltrain.compose import compose_checked
+from dltrain.composition import compose_checked
 from dltrain.data import DATASETS
 from dltrain.models import MODELS
-from dltrain.train import train
+from dltrain.training import train
 
 # checkpoints off: the hand-written loop saves nothing (benchmarks/checkpoint_cost.py measures what they cost)
 OVERRIDES = ["model=mlp", "optim=adam", "sched=none", "data.batch_size=32", "trainer.progress=lines", "trainer.checkpoint.every_n_minutes=0"]

@@ -33,9 +33,9 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from dltrain.compose import compose_checked
+from dltrain.composition import compose_checked
 from dltrain.models import MODELS
-from dltrain.train import train
+from dltrain.training import train
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIRS = (REPO / "data" / "mnist-test", REPO.parent / "shared" / "data" / "mnist-test")

@@ -51,8 +51,8 @@ VERBS = {
     for v in [
         Verb("train", "train a model (the default verb): dltrain [train] [overrides...]; continue a stopped run: dltrain resume=RUN_DIR [resume.force=true]", "dltrain.cli", "train_command"),
         Verb("ls", "list registered components: dltrain ls [GROUP] [PATTERN]", "dltrain.cli", "list_components"),
-        Verb("sweep", "re-create a sweep's sweep.csv, best.yaml, sweep.png and table: dltrain sweep summarize DIR [objective=val_accuracy] [direction=maximize]", "dltrain.sweep", "summarize_command"),
-        Verb("recipes", "pinned experiments: dltrain recipes | recipes show NAME | recipes cp NAME PATH; run one: dltrain recipe=NAME", "dltrain.recipe", "recipes_command"),
+        Verb("sweep", "re-create a sweep's sweep.csv, best.yaml, sweep.png and table: dltrain sweep summarize DIR [objective=val_accuracy] [direction=maximize]", "dltrain.sweeps", "summarize_command"),
+        Verb("recipes", "pinned experiments: dltrain recipes [--dir DIR] | recipes show NAME | recipes cp NAME PATH; run one: dltrain recipe=NAME (yours: recipe=DIR/NAME.yaml)", "dltrain.recipe", "recipes_command"),
         Verb("verify", "run recipes and check their expected metrics (exit 1 on a miss): dltrain verify NAME...|all [overrides...]", "dltrain.recipe", "verify_command"),
         Verb("eval", "metrics and plots of a run on a split: dltrain eval RUN_DIR [ckpt=best|last] [split=test|val]", "dltrain.analysis.evaluate", "run_eval", "EvalOptions"),
         Verb("predict", "predict new data: dltrain predict RUN_DIR input=FILE.csv|.npz|IMAGE|FOLDER [output=FILE]", "dltrain.analysis.predict", "run_predict", "PredictOptions"),
@@ -61,6 +61,7 @@ VERBS = {
         Verb("explain", "attribution heatmaps: dltrain explain RUN_DIR method=integrated_gradients|saliency|occlusion [n=16]", "dltrain.analysis.explain", "run_explain", "ExplainOptions"),
         Verb("robust", "accuracy under attack: dltrain robust RUN_DIR attack=fgsm|pgd|noise [eps=[0,0.05,0.1,0.2]]", "dltrain.analysis.robust", "run_robust", "RobustOptions"),
         Verb("sample", "new images from a VAE or GAN run: dltrain sample RUN_DIR [n=64] [seed=0] [label=K]", "dltrain.analysis.sample", "run_sample", "SampleOptions"),
+        Verb("plugins", "installed plugins (entry points dltrain.plugins) and --plugin files: version, what each registered", "dltrain.cli", "list_plugins"),
         Verb("help", "show this help", "dltrain.cli", "print_help"),
     ]
 }
@@ -87,7 +88,7 @@ def fail(message: str, code: int = 2) -> int:
 
 def print_help(argv: Sequence[str] = ()) -> int:
     from dltrain import __version__
-    from dltrain.compose import groups
+    from dltrain.composition import groups
 
     lines = [
         f"dltrain {__version__}: declarative deep-learning training (Hydra + PyTorch)",
@@ -137,8 +138,32 @@ def list_components(args: Sequence[str]) -> int:
     return 0
 
 
+def list_plugins(args: Sequence[str]) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from dltrain import plugins
+
+    if args:
+        return fail(f"dltrain plugins takes no arguments, got {' '.join(args)!r}")
+    found = plugins.loaded()
+    console = Console()
+    if not found:
+        console.print(f"no plugins: install a package with an entry point in the group {plugins.GROUP!r}, or pass --plugin FILE.py", highlight=False)
+        return 0
+    table = Table(title="plugins")
+    for column in ("plugin", "from", "version / sha256", "registered", "configs"):
+        table.add_column(column)
+    for p in found:
+        registered = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in p.registered.items()) or "nothing"
+        origin = f"{p.distribution} ({p.module})" if p.kind == "entry_point" else "--plugin file"
+        table.add_row(p.name, origin, p.version or (p.sha256 or "")[:16], registered, p.configs or "")
+    console.print(table)
+    return 0
+
+
 def train_command(argv: list[str]) -> int:
-    """Check the command line, then let Hydra compose, sweep and run `dltrain.train`."""
+    """Check the command line, then let Hydra compose, sweep and run `dltrain.training`."""
     from dltrain import overrides as ov
     from dltrain.errors import UserError
 
@@ -149,9 +174,11 @@ def train_command(argv: list[str]) -> int:
 
         argv = rewrite_file_overrides(argv)  # recipe=PATH.yaml (a copied recipe) -> recipe=NAME
         argv = resume_argv(argv)  # resume=RUN_DIR -> the run's own overrides, back into RUN_DIR
+        from dltrain.composition import add_config_dirs
         from dltrain.trust import check_config_dirs
 
         check_config_dirs(ov.config_dirs(argv))
+        add_config_dirs(ov.config_dirs(argv))
         if inspect_only and not any(a in ("-sc", "--shell-completion") or a.startswith("--shell-completion=") for a in argv):
             from dltrain.preflight import check_trust
 
@@ -162,13 +189,13 @@ def train_command(argv: list[str]) -> int:
             overrides = ov.from_argv(argv)
             multirun = multirun or sweeps_by_itself(overrides)
             if multirun:
-                from dltrain.sweep import prewarm_workers
+                from dltrain.sweeps import prewarm_workers
 
                 prewarm_workers(overrides)  # launcher=joblib: workers start while the sweep is checked
             checked = check_command_line(overrides, multirun)
             if multirun:
                 from dltrain import private_api
-                from dltrain.sweep import claim_sweep_dir, resume_dir
+                from dltrain.sweeps import claim_sweep_dir, resume_dir
 
                 if checked.every_job:
                     private_api.skip_grid_revalidation()
@@ -177,7 +204,9 @@ def train_command(argv: list[str]) -> int:
                 argv = argv + resume_dir(overrides)  # sweep.resume=true: back into the earlier sweep's dir
                 claim_sweep_dir(ov.from_argv(argv), checked.hydra)
             else:
-                _claim_run_dir(checked)
+                from dltrain.preflight import claim_run_dir
+
+                claim_run_dir(checked)
             from dltrain.engine.distributed import under_torchrun
 
             if under_torchrun():
@@ -190,33 +219,6 @@ def train_command(argv: list[str]) -> int:
         sys.stderr.write(f"dltrain: {e}\n")
         return 0
     return _run_hydra(argv)
-
-
-# Run directories that existed before this command (never removed when a run fails to start).
-_PREEXISTING: set[str] = set()
-
-
-def _claim_run_dir(checked) -> None:
-    """Before Hydra writes anything (.hydra/, train.log): a run directory named on the command line
-    must be new, empty, or an unfinished run of this config (a resume: any run of its own); it
-    is locked for this process. Wherever the run goes, its folder must be writable."""
-    from pathlib import Path
-
-    from dltrain.engine.checkpoint import config_hash
-    from dltrain.engine.rundir import check_run_dir
-    from dltrain.files import FolderLock, check_writable
-
-    where = str(checked.hydra.get("run", {}).get("dir", "outputs"))
-    if "${" in where:  # generated (outputs/<date>/<time with microseconds>): new by construction
-        check_writable(Path(where.split("${")[0] or "."), "hydra.run.dir")
-        return
-    path = Path(where)
-    check_writable(path, "hydra.run.dir")
-    resuming = bool((checked.config.get("trainer") or {}).get("resume"))
-    check_run_dir(path, config_hash(checked.config), resuming)
-    if path.exists():
-        _PREEXISTING.add(str(path.resolve()))
-    FolderLock(path).acquire()  # held until this process ends
 
 
 def _reporting_dead_workers(launch):
@@ -236,7 +238,7 @@ def _reporting_dead_workers(launch):
             from rich.console import Console
 
             from dltrain.errors import UserError
-            from dltrain.sweep import summarize
+            from dltrain.sweeps import summarize
 
             sweep_dir = str(self.config.hydra.sweep.dir)
             try:
@@ -312,13 +314,10 @@ def _stop_if_finished(run_dir, overrides: list[str]) -> None:
 def _run_hydra(argv: list[str]) -> int:
     import hydra
 
-    from dltrain.compose import config_dir
-    from dltrain.recipe_store import register_recipes
-    from dltrain.search import register_sweeper_config
+    from dltrain.composition import config_dir, prepare_hydra
     from hydra_plugins.dltrain_optuna_sweeper.optuna_sweeper import register as register_sweeper
 
-    register_recipes()  # the `recipe` group lives in recipes/, outside the config dir
-    register_sweeper_config()
+    argv = prepare_hydra(argv)  # recipes, the sweeper's node, plugins' components and config folders
     register_sweeper()
 
     @hydra.main(config_path=str(config_dir()), config_name="config", version_base=None)
@@ -363,12 +362,12 @@ def _train_job(cfg) -> float | None:
 
     from dltrain import shell
     from dltrain.engine import distributed
-    from dltrain.train import train
+    from dltrain.training import train
 
     hc = HydraConfig.get()
     console = Console(stderr=True)
     if hc.mode == RunMode.MULTIRUN:  # a failing job is recorded in its job.json and the sweep goes on
-        from dltrain.sweep import run_job
+        from dltrain.sweeps import run_job
 
         return run_job(cfg, hc, console)
     ranks = distributed.current()  # several when torchrun started this process
@@ -401,7 +400,9 @@ def _discard_if_unused(run_dir: str) -> None:
 
     path = Path(run_dir)
     hydra_only = {".hydra", "train.log", ".lock"}
-    if str(path.resolve()) in _PREEXISTING:  # a folder the user named (a resume): never removed
+    from dltrain.preflight import PREEXISTING
+
+    if str(path.resolve()) in PREEXISTING:  # a folder the user named (a resume): never removed
         return
     if path.is_dir() and {p.name for p in path.iterdir()} <= hydra_only:
         shutil.rmtree(path)
@@ -410,7 +411,14 @@ def _discard_if_unused(run_dir: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    from dltrain import plugins
+    from dltrain.errors import UserError
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv, plugin_files = plugins.split_argv(argv)  # --plugin FILE.py: the user's explicit trust decision
+    except UserError as e:
+        sys.exit(fail(str(e)))
     verb = argv[0] if argv and not argv[0].startswith("-") and "=" not in argv[0] else None
     if argv[:1] in (["-h"], ["--help"]) or verb == "help":
         sys.exit(print_help())
@@ -420,12 +428,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"dltrain {__version__}")
         sys.exit(0)
     if verb in VERBS and verb != "train":
-        from dltrain.errors import UserError
-
         try:
+            plugins.load_named(plugin_files)
             sys.exit(VERBS[verb].run(argv[1:]))
         except UserError as e:
             sys.exit(fail(str(e)))
+    try:
+        plugins.load_named(plugin_files)
+    except UserError as e:
+        sys.exit(fail(str(e)))
     if verb == "train":
         argv = argv[1:]
     elif verb is not None:

@@ -102,6 +102,8 @@ def validate(cfg: Mapping[str, Any]) -> RunSpec:
         except Exception as e:  # an interpolation that does not resolve
             raise UserError(f"config does not resolve: {e}".splitlines()[0]) from None
     cfg = {k: v for k, v in cfg.items() if k != "hydra"}
+    if "plugins" in cfg:
+        raise UserError("plugins: local plugin files are accepted only on the command line (dltrain --plugin FILE.py ...), never from a recipe or a config file")
     for k in cfg:
         if k not in TOP_LEVEL:
             raise unknown_key(str(k), TOP_LEVEL, "the config")

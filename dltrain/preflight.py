@@ -11,13 +11,14 @@ import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
 from dltrain import overrides as ov
 from dltrain import private_api
-from dltrain.compose import check_choices, compose, compose_checked, groups
+from dltrain.composition import check_choices, compose, compose_checked, groups
 from dltrain.config import validate
 from dltrain.errors import UserError
 from dltrain.search import is_search, probe_jobs, search_space
@@ -155,3 +156,29 @@ def _hydra_lines(overrides: Sequence[str]) -> list[str]:
         if o.is_sweep_override():
             raise UserError(f"{o.input_line}: Hydra's own settings cannot be swept; a search space goes on the command line as KEY=interval(...) or KEY=choice(...)")
     return [o.input_line for o in lines]
+
+
+# Run directories that existed before this command (never removed when a run fails to start).
+PREEXISTING: set[str] = set()
+
+
+def claim_run_dir(checked: Checked, run_dir: str | None = None) -> Path | None:
+    """Before Hydra writes anything (.hydra/, train.log): a run directory named on the command line
+    must be new, empty, or an unfinished run of this config (a resume: any run of its own); it
+    is locked for this process. Wherever the run goes, its folder must be writable."""
+    from dltrain.engine.checkpoint import config_hash
+    from dltrain.engine.rundir import check_run_dir
+    from dltrain.files import FolderLock, check_writable
+
+    where = run_dir or str(checked.hydra.get("run", {}).get("dir", "outputs"))
+    if "${" in where:  # generated (outputs/<date>/<time with microseconds>): new by construction
+        check_writable(Path(where.split("${")[0] or "."), "hydra.run.dir")
+        return None
+    path = Path(where)
+    check_writable(path, "hydra.run.dir")
+    resuming = bool((checked.config.get("trainer") or {}).get("resume"))
+    check_run_dir(path, config_hash(checked.config), resuming)
+    if path.exists():
+        PREEXISTING.add(str(path.resolve()))
+    FolderLock(path).acquire()  # held until this process ends
+    return path

@@ -2,7 +2,7 @@
 start of a rank that torchrun launched as `torchrun ... -m dltrain ...` (`join_torchrun`).
 
 engine/distributed.py does the distributed work; this module is where a rank's process begins
-and ends: it joins the process group, trains through `dltrain.train`, and maps how that ended to
+and ends: it joins the process group, trains through `dltrain.training`, and maps how that ended to
 an exit code through the job shell (dltrain/shell.py).
 """
 
@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dltrain import overrides as ov
-from dltrain import shell
-from dltrain.compose import compose
+from dltrain import plugins, shell
+from dltrain.composition import compose
 from dltrain.config import validate
 from dltrain.engine import distributed
 from dltrain.errors import UserError
-from dltrain.train import train
+from dltrain.training import train
 
 
 def main(argv: Sequence[str]) -> int:
@@ -34,6 +34,7 @@ def main(argv: Sequence[str]) -> int:
     console = Console(stderr=True)
     ranks = distributed.Ranks(int(os.environ.get("RANK", 0)))
     try:
+        plugins.load_for_child()  # the plugins the launching command loaded
         trainer = validate(cfg).trainer
         ranks = distributed.join(trainer.backend, trainer.device, trainer.dist_timeout)
         if ranks.main:

@@ -40,11 +40,18 @@ from dltrain.recipe_store import GROUP, RecipeInfo, find, info, recipe_names, re
 
 
 def recipes_command(argv: list[str]) -> int:
-    """`dltrain recipes | recipes show NAME | recipes cp NAME PATH`."""
+    """`dltrain recipes [--dir DIR] | recipes show NAME | recipes cp NAME PATH` (DIR: your own recipes too)."""
     from rich.console import Console
 
     from dltrain.errors import unknown_choice
+    from dltrain.recipe_store import add_recipe_dir
 
+    while "--dir" in argv:
+        i = argv.index("--dir")
+        if i + 1 >= len(argv):
+            raise UserError("recipes --dir needs a folder: dltrain recipes --dir DIR")
+        add_recipe_dir(argv[i + 1])
+        argv = argv[:i] + argv[i + 2 :]
     action, args = (argv[0], argv[1:]) if argv else ("list", [])
     usage = {"list": 0, "show": 1, "cp": 2}
     if action not in usage:
@@ -68,10 +75,16 @@ def verify_command(argv: list[str]) -> int:
     return verify([a for a in argv if "=" not in a], [a for a in argv if "=" in a], Console(stderr=True))
 
 
+def _user_recipe_dirs() -> list:
+    from dltrain.recipe_store import _USER_DIRS
+
+    return list(_USER_DIRS)
+
+
 def list_recipes(console) -> None:
     from rich.table import Table
 
-    table = Table(title=f"recipes ({recipes_dir()})")
+    table = Table(title="recipes (" + ", ".join(str(d) for d in [recipes_dir(), *_user_recipe_dirs()]) + ")")
     for col in ("name", "model", "data", "expected", "CPU time", "what it is"):
         table.add_column(col, style="bold" if col == "name" else None)
     for name in recipe_names():
@@ -140,7 +153,7 @@ def _recipe_override(r: RecipeInfo) -> str:
 
 
 def _expected_of(r: RecipeInfo, overrides: Sequence[str]) -> dict:
-    from dltrain.compose import compose_checked
+    from dltrain.composition import compose_checked
     from dltrain.config import validate
 
     return validate(compose_checked(rewrite_file_overrides([_recipe_override(r), *overrides]))).expected
@@ -150,9 +163,9 @@ def _run_single(r: RecipeInfo, overrides: list[str], console) -> tuple[dict, Pat
     """Train the recipe in this process into a Hydra-style run dir (or hydra.run.dir=PATH)."""
     from omegaconf import OmegaConf
 
-    from dltrain.compose import compose_checked
+    from dltrain.composition import compose_checked
     from dltrain.runs import print_summary
-    from dltrain.train import train
+    from dltrain.training import train
 
     run_dir = next((Path(o.partition("=")[2]) for o in overrides if o.startswith("hydra.run.dir=")), None)
     own = [o for o in overrides if not o.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]

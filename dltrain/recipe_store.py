@@ -27,9 +27,29 @@ def recipes_dir() -> Path:
     return installed if installed.is_dir() and any(installed.glob("*.yaml")) else here.parent / "recipes"
 
 
+# The user's recipe folders of this command (`dltrain recipes --dir DIR`).
+_USER_DIRS: list[Path] = []
+
+
+def add_recipe_dir(folder: str | Path) -> None:
+    """Add a folder of the user's own recipes; a recipe named like one of dltrain's is refused."""
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise UserError(f"recipes --dir {str(folder)!r} is not a folder")
+    ours = recipe_paths()
+    clash = sorted(p.stem for p in path.glob("*.yaml") if p.stem in ours)
+    if clash:
+        raise UserError(f"{path / clash[0]}.yaml has the name of dltrain's recipe {clash[0]}; rename it: a recipe never silently shadows another")
+    _USER_DIRS.append(path)
+
+
 def recipe_paths() -> dict[str, Path]:
-    folder = recipes_dir()
-    return {p.stem: p for p in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
+    """Recipe name -> file: dltrain's recipes/, then the user's folders (recipes --dir DIR)."""
+    found = {}
+    for folder in [recipes_dir(), *_USER_DIRS]:
+        if folder.is_dir():
+            found.update({p.stem: p for p in sorted(folder.glob("*.yaml")) if p.stem not in found})
+    return found
 
 
 def recipe_names() -> list[str]:
@@ -100,6 +120,11 @@ def rewrite_file_overrides(overrides: list[str]) -> list[str]:
         if sep and key == GROUP and value.endswith((".yaml", ".yml")):
             path = find(value)
             read_recipe(path)  # a file that is not a YAML mapping is one line, not Hydra's traceback
+            builtin = recipe_paths().get(path.stem)
+            if builtin is not None and builtin.resolve() != path.resolve():  # named by path: it wins, visibly
+                import sys
+
+                sys.stderr.write(f"dltrain: recipe={path.stem} is your file {path}, not dltrain's recipe of that name\n")
             _EXTRA[path.stem] = path.resolve()
             register_recipes()
             o = f"{GROUP}={path.stem}"

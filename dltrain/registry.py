@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dltrain.errors import ConfigError, unknown_choice, unknown_key
+from dltrain.errors import ConfigError, UserError, unknown_choice, unknown_key
 from dltrain.schema import check_value
 
 # Parameters the builder fills from the data and other components; never config keys.
@@ -58,11 +58,13 @@ class Registry:
         self._entries: dict[str, Entry] = {}
 
     def register(self, name: str, *, help: str = "", **meta: Any) -> Callable:
-        """Decorator registering a function or class under `name` (plus free-form metadata)."""
+        """Decorator registering a function or class under `name` (plus free-form metadata). A
+        name that is already registered is refused (UserError): nothing is ever shadowed."""
 
         def decorator(fn: Callable) -> Callable:
-            if name in self._entries:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            if name in self._entries:  # never a silent shadowing: a plugin's name must be new
+                other = self._entries[name].fn
+                raise UserError(f"{self.kind} {name!r} is registered already (by {other.__module__}); {fn.__module__} must register it under another name")
             doc = help or (inspect.getdoc(fn) or "").split("\n")[0]
             self._entries[name] = Entry(name, fn, doc, meta)
             return fn

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dltrain import plugins
 from dltrain.config import validate
 from dltrain.engine.device import select_device
 from dltrain.engine.rundir import load_weights
 from dltrain.errors import ConfigError, UserError
-from dltrain.train import Built, build
+from dltrain.training import Built, build
 
 
 @dataclass
@@ -41,6 +42,7 @@ def load_run(run_dir: str | Path, ckpt: str = "best", device: str = "cpu") -> Lo
         raise UserError(f"run directory {str(path)!r} does not exist")
     if not (path / "config.yaml").is_file():
         raise UserError(f"{str(path)!r} is not a dltrain run directory: it has no config.yaml")
+    plugins.check_record(path)  # the plugins it was trained with: loaded, or one line
     spec = validate(OmegaConf.load(path / "config.yaml"))
     checkpoint = path / "checkpoints" / f"{ckpt}.safetensors"
     if not checkpoint.is_file():

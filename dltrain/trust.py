@@ -36,10 +36,10 @@ SWEEPERS = frozenset({
     "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
     "hydra_plugins.dltrain_optuna_sweeper.optuna_sweeper.OptunaSweeper",
 })
-CALLBACKS = {"sweep_summary": "dltrain.sweep.SweepSummary"}
+CALLBACKS = {"sweep_summary": "dltrain.sweeps.SweepSummary"}
 CALL_KEYS = ("_target_", "_args_", "_partial_")
 # Environment variables that make a process load code: the interpreter's, the dynamic loader's, shells'.
-LOADER_VARIABLE = re.compile(r"(PYTHON|LD_|DYLD_|PERL5|RUBY|NODE_|JAVA_TOOL|_JAVA_)\w*|PATH|BASH_ENV|ENV|IFS|GCONV_PATH|MALLOC_\w*", re.IGNORECASE)
+LOADER_VARIABLE = re.compile(r"(PYTHON|LD_|DYLD_|PERL5|RUBY|NODE_|JAVA_TOOL|_JAVA_|DLTRAIN_)\w*|PATH|BASH_ENV|ENV|IFS|GCONV_PATH|MALLOC_\w*", re.IGNORECASE)
 SAFE_EXT = ("ext://sys.stdout", "ext://sys.stderr")
 
 
@@ -55,16 +55,16 @@ def check_hydra_node(hydra: Mapping[str, Any]) -> None:
     for name, node in callbacks.items():
         target = node.get("_target_") if isinstance(node, Mapping) else node
         if CALLBACKS.get(str(name)) != target or set(node) - {"_target_"}:
-            raise _refuse(f"hydra.callbacks.{name}", target, "dltrain's own callback only (sweep_summary: dltrain.sweep.SweepSummary)")
+            raise _refuse(f"hydra.callbacks.{name}", target, "dltrain's own callback only (sweep_summary: dltrain.sweeps.SweepSummary)")
     for section in ("job_logging", "hydra_logging"):
         _check_logging(f"hydra.{section}", hydra.get(section))
     job = hydra.get("job") or {}
     for key in (job.get("env_set") or {}):
         if LOADER_VARIABLE.fullmatch(str(key)):
-            raise _refuse(f"hydra.job.env_set.{key}", job["env_set"][key], "no variable that makes a process load code (PYTHON*, LD_*, DYLD_*, PATH, ...)")
+            raise _refuse(f"hydra.job.env_set.{key}", job["env_set"][key], "no variable that makes a process load code (PYTHON*, LD_*, DYLD_*, PATH, DLTRAIN_*, ...)")
     for key in job.get("env_copy") or []:
         if LOADER_VARIABLE.fullmatch(str(key)):
-            raise _refuse("hydra.job.env_copy", key, "no variable that makes a process load code (PYTHON*, LD_*, DYLD_*, PATH, ...)")
+            raise _refuse("hydra.job.env_copy", key, "no variable that makes a process load code (PYTHON*, LD_*, DYLD_*, PATH, DLTRAIN_*, ...)")
     for entry in hydra.get("searchpath") or []:
         if not str(entry).startswith("file://"):
             raise _refuse("hydra.searchpath", entry, "file://FOLDER entries (a pkg:// entry imports a package); or --config-dir FOLDER")
@@ -83,7 +83,7 @@ def check_hydra_overrides(parsed: Iterable) -> None:
     for o in parsed:
         key = o.key_or_group
         if key.startswith("hydra.job.env_set.") and LOADER_VARIABLE.fullmatch(key.rsplit(".", 1)[1]):
-            raise _refuse(key, o.value(), "no variable that makes a process load code (PYTHON*, LD_*, DYLD_*, PATH, ...)")
+            raise _refuse(key, o.value(), "no variable that makes a process load code (PYTHON*, LD_*, DYLD_*, PATH, DLTRAIN_*, ...)")
         if key == "hydra.searchpath":  # Hydra imports a pkg:// entry's package as it composes
             for entry in o.value() if isinstance(o.value(), list) else [o.value()]:
                 if not str(entry).startswith("file://"):
@@ -91,7 +91,7 @@ def check_hydra_overrides(parsed: Iterable) -> None:
         if key == "hydra.job.env_copy":
             for name in o.value() if isinstance(o.value(), list) else [o.value()]:
                 if LOADER_VARIABLE.fullmatch(str(name)):
-                    raise _refuse(key, name, "no variable that makes a process load code (PYTHON*, LD_*, DYLD_*, PATH, ...)")
+                    raise _refuse(key, name, "no variable that makes a process load code (PYTHON*, LD_*, DYLD_*, PATH, DLTRAIN_*, ...)")
 
 
 def check_config_dirs(folders: Iterable[str]) -> None:

@@ -2,7 +2,7 @@
 a worker up.
 
 On Linux, multiprocessing's forkserver imports it once, before it forks any worker
-(dltrain.sweep.prewarm_workers): every worker then starts with torch, the models, the datasets
+(dltrain.sweeps.prewarm_workers): every worker then starts with torch, the models, the datasets
 and the plots imported, autograd and torch.optim warmed up, and those objects frozen out of the
 garbage collector's work. Elsewhere each worker imports it as its first task. If warming up
 fails, workers import what they need as jobs run.
@@ -22,7 +22,7 @@ def warm() -> None:
     import torch
 
     import dltrain.data.tabular  # noqa: F401
-    import dltrain.train  # noqa: F401
+    import dltrain.training  # noqa: F401
 
     layer = torch.nn.Linear(8, 2)
     torch.optim.Adam(layer.parameters()).step(lambda: layer(torch.ones(4, 8)).sum().backward())

@@ -44,7 +44,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def compose():
     """compose(*overrides) -> the composed DictConfig, as `dltrain` would build it."""
-    from dltrain.compose import compose_checked
+    from dltrain.composition import compose_checked
 
     return lambda *overrides: compose_checked(list(overrides))
 
@@ -55,7 +55,7 @@ def train_run(tmp_path, compose):
     from omegaconf import OmegaConf
     from rich.console import Console
 
-    from dltrain.train import train
+    from dltrain.training import train
 
     def run(*overrides: str, run_dir: Path | None = None):
         cfg = compose("trainer.progress=none", *overrides)
@@ -73,7 +73,7 @@ def run_train(compose):
     from omegaconf import OmegaConf
     from rich.console import Console
 
-    from dltrain.train import train
+    from dltrain.training import train
 
     def go(run_dir: Path, *overrides: str) -> dict:
         cfg = compose("trainer.progress=none", *overrides)

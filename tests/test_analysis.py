@@ -44,8 +44,8 @@ def trained(tmp_path_factory):
     from omegaconf import OmegaConf
     from rich.console import Console
 
-    from dltrain.compose import compose_checked
-    from dltrain.train import train
+    from dltrain.composition import compose_checked
+    from dltrain.training import train
 
     root = tmp_path_factory.mktemp("runs")
     cache: dict[str, tuple[dict, Path]] = {}
@@ -403,11 +403,11 @@ def test_verbs_that_do_not_apply_say_why(trained, cli):
 def test_generative_runs_are_refused_with_a_reason(tmp_path, cli):
     from omegaconf import OmegaConf
 
-    from dltrain.compose import compose_checked
+    from dltrain.composition import compose_checked
     from dltrain.config import validate
     from dltrain.engine.rundir import RunDir
     from dltrain.tasks import TASKS
-    from dltrain.train import build
+    from dltrain.training import build
 
     if "gan" not in TASKS:
         pytest.skip("no generative tasks registered")

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from dltrain.compose import config_dir, groups
+from dltrain.composition import config_dir, groups
 from dltrain.config import TrainerConfig, validate
 from dltrain.data import DATASETS, LOADER_KEYS
 from dltrain.engine.loggers import LOGGERS

@@ -58,10 +58,10 @@ def test_every_gan_objective_trains(train_run, loss):
 
 
 def test_vae_objective_is_the_elbo_with_annealed_kl(train_run):
-    from dltrain.compose import compose_checked
+    from dltrain.composition import compose_checked
     from dltrain.config import validate
     from dltrain.engine.device import select_device
-    from dltrain.train import build
+    from dltrain.training import build
 
     spec = validate(compose_checked(["model=vae", "model.beta=2", "model.kl_warmup_epochs=4"]))
     built = build(spec, select_device("cpu"))

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -101,7 +102,14 @@ def shell(tmp_path_factory):
     (bin_dir / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
     for p in ("dltrain", "torchrun", "python"):
         (bin_dir / p).chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "COLUMNS": "120", "DLTRAIN_TEST_KILL": ""}
+    # `pip install -e examples/tinynet_plugin`, as the README says: the package and its entry point
+    # on PYTHONPATH (nothing installed into the venv)
+    site = tmp_path_factory.mktemp("site")
+    shutil.copytree(REPO / "examples" / "tinynet_plugin" / "tinynet_plugin", site / "tinynet_plugin")
+    (site / "dltrain_tinynet-0.1.0.dist-info").mkdir()
+    (site / "dltrain_tinynet-0.1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: dltrain-tinynet\nVersion: 0.1.0\n")
+    (site / "dltrain_tinynet-0.1.0.dist-info" / "entry_points.txt").write_text("[dltrain.plugins]\ntinynet = tinynet_plugin\n")
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), "COLUMNS": "120", "DLTRAIN_TEST_KILL": ""}
 
     def run(script: str, cwd: Path, extra_env: dict | None = None, timeout: float = 1200) -> subprocess.CompletedProcess:
         return subprocess.run(["bash", "-c", script], cwd=cwd, env={**env, **(extra_env or {})}, capture_output=True, text=True, timeout=timeout)
@@ -114,6 +122,7 @@ def shell(tmp_path_factory):
 def test_every_readme_command_runs_as_written(shell, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
+    shutil.copytree(REPO / "examples", work / "examples")  # the README's commands run from the repository's root
     # what the placeholders stand for: a GAN run (sample), stopped runs (resume), a sweep (summarize)
     made = shell("dltrain model=gan model.conditional=true hydra.run.dir=made/gan && dltrain -m optim.lr=1e-3,1e-2 hydra.sweep.dir=made/sweep", work)
     assert made.returncode == 0, made.stderr[-3000:]

@@ -59,7 +59,7 @@ def test_names_sorted_and_filtered_by_pattern() -> None:
 def test_duplicate_registration_raises() -> None:
     reg = Registry("thing")
     reg.register("a")(lambda: 1)
-    with pytest.raises(ValueError, match="thing 'a' is registered twice"):
+    with pytest.raises(UserError, match="thing 'a' is registered already .*another name"):
         reg.register("a")(lambda: 2)
     assert reg.get("a").fn() == 1
 

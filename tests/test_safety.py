@@ -355,8 +355,8 @@ def test_a_failed_download_leaves_no_empty_folder(tmp_path, monkeypatch):
 def test_the_trust_check_knows_every_launcher_dltrain_offers(compose):
     from omegaconf import OmegaConf
 
-    from dltrain.compose import compose as compose_with_hydra
-    from dltrain.compose import groups
+    from dltrain.composition import compose as compose_with_hydra
+    from dltrain.composition import groups
     from dltrain.trust import check_hydra_node
 
     for launcher in groups()["launcher"]:

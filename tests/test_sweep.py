@@ -19,11 +19,24 @@ def rows(sweep: Path) -> list[dict]:
 
 
 def in_process(capsys, *args: str) -> tuple[int, str, str]:
-    """Run `dltrain ARGS` in this process (for commands that fail before anything runs)."""
+    """Run `dltrain ARGS` in this process (for commands that fail before or as a run starts).
+    Hydra's job logging adds handlers to the root logger and never removes them: they are
+    closed here, so that a later test never writes to a run directory that is gone."""
+    import logging
+
     from dltrain.cli import main
 
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        with pytest.raises(SystemExit) as e:
+            main(list(args))
+    finally:
+        for h in root.handlers[:]:
+            if h not in handlers:
+                root.removeHandler(h)
+                h.close()
+        root.setLevel(level)
     out = capsys.readouterr()
     return e.value.code, out.out, out.err
 
@@ -70,7 +83,7 @@ def test_a_job_that_raises_is_recorded_with_a_one_line_reason(tmp_path, compose,
     from omegaconf import OmegaConf
     from rich.console import Console
 
-    from dltrain import sweep
+    from dltrain import sweeps as sweep
 
     def boom(*args, **kwargs):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied\nsecond line")
@@ -123,7 +136,7 @@ def test_bad_sweeps_fail_at_once_with_one_line(tmp_path, capsys, monkeypatch, ar
 
 def test_every_search_preset_composes_and_its_space_validates():
     """Each hparams_search preset: every choice and both ends of every range is a valid job."""
-    from dltrain.compose import groups
+    from dltrain.composition import groups
     from dltrain.overrides import parse
     from dltrain.preflight import check_command_line, sweeper_config
 
@@ -146,7 +159,7 @@ def test_every_search_preset_composes_and_its_space_validates():
 def test_launcher_choices_compose(launcher, target, keys):
     from hydra import compose, initialize_config_dir
 
-    from dltrain.compose import config_dir
+    from dltrain.composition import config_dir
     from dltrain.search import register_sweeper_config
 
     register_sweeper_config()

@@ -20,7 +20,7 @@ def progress_display(console: Console, mode: str, max_epochs: int, batches_per_e
     """The display for trainer.progress: a bar (`bar`; `auto` on a terminal), one line per epoch
     (`lines`; `auto` elsewhere), or nothing (`none`). Use it as a context manager around fit."""
     if mode == "auto":
-        mode = "bar" if console.is_terminal else "lines"
+        mode = "bar" if console.is_terminal or console.is_jupyter else "lines"  # rich draws the bar in a notebook too
     if mode == "bar":
         return ProgressBar(console, max_epochs, batches_per_epoch, batch_size)
     return EpochLines(console) if mode == "lines" else None

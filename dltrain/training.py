@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 import dltrain
+from dltrain import plugins
 from dltrain.config import RunSpec, validate
 from dltrain.data import DATASETS, DataBundle, Split
 from dltrain.engine import distributed, test_hooks
@@ -149,6 +150,9 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
         if ranks.main:
             console.print(message, highlight=False, soft_wrap=True)
 
+    if trainer.resume and trainer.resume != "auto":  # the plugins the run was trained with, or one line
+        target = Path(trainer.resume)
+        plugins.check_record(target.parent.parent if target.name.startswith("step-") else target)
     resume = find_resume(trainer, run.path, plain, log.warning, note)  # before anything is built: fail fast
     if isinstance(resume, dict):  # a finished run, nothing to continue: its summary, nothing rewritten
         return resume
@@ -214,6 +218,8 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
         run.create()
         if config_yaml is not None:
             run.write_config(config_yaml)
+        with writing(run.path / plugins.RECORD):
+            plugins.write_record(run.path)  # later verbs and resume load the same plugins
     start = None
     if resume is not None:
         start = restore(*resume, model=model, phases=phases, generator=generator)

@@ -197,9 +197,11 @@ def run_job(cfg, hc, console) -> float | None:
     """
     from omegaconf import OmegaConf
 
-    from dltrain import shell
+    from dltrain import plugins, shell
     from dltrain.config import validate
     from dltrain.search import epoch_reporter, job_trial
+
+    plugins.load_for_child()  # a worker process: the plugins of the dltrain command (the parent: loaded already)
 
     run_dir = Path(hc.runtime.output_dir)
     overrides = _without_resume(list(hc.overrides.task))
@@ -266,7 +268,7 @@ def run_job(cfg, hc, console) -> float | None:
 def _train(cfg, run_dir: Path, console, on_epoch):
     from omegaconf import OmegaConf
 
-    from dltrain.train import train
+    from dltrain.training import train
 
     return train(cfg, run_dir, console, config_yaml=OmegaConf.to_yaml(cfg, resolve=True), on_epoch=on_epoch)
 

@@ -23,15 +23,92 @@ def config_dir() -> Path:
     return installed if (installed / "config.yaml").exists() else here.parent / "configs"
 
 
+# Config folders this command adds to dltrain's: --config-dir DIR (the user's), plugins' configs/.
+_USER_DIRS: list[Path] = []
+
+
+def _scan(root: Path) -> dict[str, list[str]]:
+    return {d.name: sorted(f.stem for f in d.glob("*.yaml")) for d in sorted(root.iterdir()) if d.is_dir() and d.name != "hydra" and any(d.glob("*.yaml"))}
+
+
+def add_config_dirs(folders: Iterable[str | Path]) -> None:
+    """Add the user's config folders (--config-dir DIR). They may add choices to dltrain's groups;
+    a file named like one of dltrain's own choices is refused, never silently ignored or obeyed."""
+    ours = _scan(config_dir())
+    for folder in folders:
+        path = Path(folder).expanduser().resolve()
+        for group, names in _scan(path).items():
+            clash = sorted(set(names) & set(ours.get(group, [])))
+            if clash:
+                raise UserError(f"{path}/{group}/{clash[0]}.yaml has the name of dltrain's own {group}={clash[0]}; give it another name (e.g. my_{clash[0]}.yaml): dltrain never lets a file shadow a built-in choice")
+        if path not in _USER_DIRS:
+            _USER_DIRS.append(path)
+
+
+def extra_dirs() -> list[Path]:
+    """The config folders beside dltrain's: the user's, then those plugins ship."""
+    from dltrain import plugins
+
+    return [*_USER_DIRS, *(Path(d) for d in plugins.config_dirs() if Path(d) not in _USER_DIRS)]
+
+
 def groups() -> dict[str, list[str]]:
-    """Config groups and their choices, read from the folder (no imports: used by --help)."""
-    root = config_dir()
-    found = {
-        d.name: sorted(f.stem for f in d.glob("*.yaml"))
-        for d in sorted(root.iterdir())
-        if d.is_dir() and d.name != "hydra" and any(d.glob("*.yaml"))
-    }
+    """Config groups and their choices: dltrain's folder, the user's and plugins' folders, and
+    what plugins registered (no imports of components: used by --help)."""
+    from dltrain import plugins
+
+    found = _scan(config_dir())
+    for folder in extra_dirs():
+        for group, names in _scan(folder).items():
+            found[group] = sorted({*found.get(group, []), *names})
+    for group, names in plugins.registered_choices().items():
+        found[group] = sorted({*found.get(group, []), *names})
     return {**found, "recipe": recipe_choices()} if recipe_choices() else found
+
+
+def prepare_hydra(overrides: Iterable[str]) -> list[str]:
+    """Get Hydra's ConfigStore ready (recipes, the sweeper's node, plugin components without a
+    YAML file) and return `overrides` with the extra config folders on Hydra's search path."""
+    from dltrain.search import register_sweeper_config  # Optuna's module is light, but --help needs none of it
+
+    register_recipes()
+    register_sweeper_config()
+    _register_plugin_defaults()
+    overrides = list(overrides)
+    dirs = [f"file://{d}" for d in extra_dirs()]
+    if not dirs:
+        return overrides
+    given = [o for o in overrides if ov.key(o) == "hydra.searchpath"]
+    if given:
+        value = ov.parse(given[-1:])[0].value()
+        dirs = [*(value if isinstance(value, list) else [value]), *dirs]
+    return [*(o for o in overrides if ov.key(o) != "hydra.searchpath"), f"hydra.searchpath=[{','.join(ov.quoted(d) for d in dirs)}]"]
+
+
+def _register_plugin_defaults() -> None:
+    """A plugin component needs no YAML: its config node comes from its builder's signature."""
+    from dltrain import plugins
+
+    registered = plugins.registered_choices()
+    if not registered:
+        return
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    store = ConfigStore.instance()
+    on_disk = _scan(config_dir())
+    for folder in extra_dirs():
+        for group, names in _scan(folder).items():
+            on_disk.setdefault(group, []).extend(names)
+    kinds = {g: k for k, gs in plugins.GROUPS_OF.items() for g in gs}
+    regs = plugins.registries()
+    for group, names in registered.items():
+        for name in names:
+            if name in on_disk.get(group, []) or f"{name}.yaml" in store.repo.get(group, {}):
+                continue
+            defaults = regs[kinds[group]].get(name).defaults()
+            node = {name: defaults} if group == "reg" else {"name": name, **defaults}
+            store.store(group=group, name=name, node=OmegaConf.create(node), provider="dltrain-plugin")
 
 
 def compose(overrides: Iterable[str] = (), with_hydra: bool = False) -> Any:
@@ -40,13 +117,10 @@ def compose(overrides: Iterable[str] = (), with_hydra: bool = False) -> Any:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from dltrain.search import register_sweeper_config  # Optuna's module is light, but --help needs none of it
-
-    register_recipes()
-    register_sweeper_config()
+    overrides = prepare_hydra(overrides)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-        return hydra_compose(config_name="config", overrides=list(overrides), return_hydra_config=with_hydra)
+        return hydra_compose(config_name="config", overrides=overrides, return_hydra_config=with_hydra)
 
 
 def check_choices(parsed, choices: Mapping[str, list[str]]) -> None:
