@@ -152,3 +152,16 @@ def test_the_example_notebook_runs(tmp_path):
     r = subprocess.run([sys.executable, str(EXAMPLES / "notebook.py")], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "UserError: model.hiden" in r.stdout and "cnn" in r.stdout
+
+
+@pytest.mark.slow
+def test_the_python_api_runs_a_sweep(tmp_path):
+    code = (
+        "import dltrain\n"
+        "result = dltrain.sweep('optim.lr=1e-3,1e-2', 'trainer.max_epochs=2', 'trainer.progress=none', sweep_dir='grid')\n"
+        "print([j.status for j in result.jobs], result.best.run_dir.name)\n"
+        "try:\n    dltrain.sweep('optim.lr=1e-3,-1')\nexcept dltrain.UserError as e:\n    print('ERR', e)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "['completed', 'completed']" in r.stdout and "ERR optim.lr=-1" in r.stdout

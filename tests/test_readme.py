@@ -42,7 +42,10 @@ from dltrain.cli import main
 
 def tiny(args):
     args = [a.replace("data.root=../shared/data/mnist-test", "data.root={mnist}") for a in args]
-    verb = args[0] if args and not args[0].startswith("-") and "=" not in args[0] else None
+    rest = list(args)
+    while rest[:1] and rest[0] in ("--plugin", "--config-dir", "-cd"):  # options that take a value
+        rest = rest[2:]
+    verb = rest[0] if rest and not rest[0].startswith("-") and "=" not in rest[0] else None
     inspect = any(a.split("=")[0] in ("--cfg", "--help", "-h", "-sc", "--shell-completion", "--info") for a in args)
     if verb in (None, "train") and not inspect:
         args += {tiny}
@@ -62,8 +65,21 @@ exec {torchrun} "$@" {tiny}
 """
 
 
-def blocks() -> list[list[str]]:
-    return [b.splitlines() for b in re.findall(r"^```[a-z]*\n(.*?)^```", README.read_text(), re.S | re.M)]
+PYTHON = """
+import dltrain
+from sklearn.datasets import load_digits
+
+TINY = {tiny!r}
+_train, _sweep = dltrain.train, dltrain.sweep
+dltrain.train = lambda *overrides, **kw: _train(*overrides, *TINY, **kw)
+dltrain.sweep = lambda *overrides, **kw: _sweep(*overrides, *TINY, **kw)
+images = load_digits().images[:4]
+"""
+
+
+def blocks(language: str = "") -> list[list[str]]:
+    """The lines of each fenced block in `language` ("": the unlabelled ones, shell commands)."""
+    return [b.splitlines() for lang, b in re.findall(r"^```([a-z]*)\n(.*?)^```", README.read_text(), re.S | re.M) if lang == language]
 
 
 def script_of(lines: list[str], places: dict[str, str]) -> tuple[str, list[str]]:
@@ -111,8 +127,9 @@ def shell(tmp_path_factory):
     (site / "dltrain_tinynet-0.1.0.dist-info" / "entry_points.txt").write_text("[dltrain.plugins]\ntinynet = tinynet_plugin\n")
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]), "COLUMNS": "120", "DLTRAIN_TEST_KILL": ""}
 
-    def run(script: str, cwd: Path, extra_env: dict | None = None, timeout: float = 1200) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", "-c", script], cwd=cwd, env={**env, **(extra_env or {})}, capture_output=True, text=True, timeout=timeout)
+    def run(script: str, cwd: Path, extra_env: dict | None = None, timeout: float = 1200, python: bool = False) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-c", script] if python else ["bash", "-c", script]
+        return subprocess.run(command, cwd=cwd, env={**env, **(extra_env or {})}, capture_output=True, text=True, timeout=timeout)
 
     return run
 
@@ -137,9 +154,10 @@ def test_every_readme_command_runs_as_written(shell, tmp_path):
         " [overrides]": "",
     }
     ran, skipped, failures = 0, [], []
+    bare = {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}  # the transcripts' lists: no plugin installed
     for lines in blocks():
         for command, expected in transcript(lines):
-            result = shell(command, work)
+            result = shell(command, work, bare)
             ran += 1
             if result.returncode != 2 or result.stderr.strip() != expected:
                 failures.append(f"{command}: exit {result.returncode}, printed {result.stderr.strip()!r}, README shows {expected!r}")
@@ -154,6 +172,16 @@ def test_every_readme_command_runs_as_written(shell, tmp_path):
         if result.returncode != 0:
             failed = [line for line in result.stderr.splitlines() if line.startswith("+ ")][-1:]
             failures.append(f"{failed[0][2:] if failed else script}: exit {result.returncode}\n{result.stderr[-1500:]}")
+    for lines in blocks("python"):  # a file shown in full is that file; the others run, tiny
+        code = "\n".join(lines) + "\n"
+        if code.startswith("import math"):
+            assert code in (work / "examples/my_model.py").read_text(), "the README's my_model.py differs from examples/my_model.py"
+            continue
+        code = code.replace('"outputs/2026-11-25/17-03-12-123456"', repr(str(work / "made/gan")))
+        result = shell(PYTHON.format(tiny=TINY) + code, work, python=True)
+        ran += 1
+        if result.returncode != 0:
+            failures.append(f"the README's Python block failed:\n{result.stderr[-2500:]}")
     assert not failures, "\n\n".join(failures)
     assert ran >= 50 and len(skipped) <= len(SKIPPED) + 3, (ran, skipped)
     # it really trained and analysed: the analysis block's run has every verb's output
