@@ -38,12 +38,13 @@ lint: setup  ## ruff (pyflakes, import order, bugbear) and import-linter's layer
 	$(BIN)/ruff check dltrain hydra_plugins tests benchmarks examples
 	$(BIN)/lint-imports
 
-bench: setup  ## engine-overhead, CLI-startup, checkpoint-cost and parallel-sweep benchmarks
+bench: setup  ## engine-overhead, CLI-startup, checkpoint-cost, parallel-sweep and thread-contention benchmarks
 	$(BIN)/python benchmarks/engine_overhead.py
 	$(BIN)/python benchmarks/engine_overhead.py --checkpoint-every-n-steps 50 --threads 1
 	$(BIN)/python benchmarks/cli_startup.py
 	$(BIN)/python benchmarks/checkpoint_cost.py
 	$(BIN)/python benchmarks/sweep_parallel.py
+	$(BIN)/python benchmarks/threads_contention.py
 
 bench-gpu: setup  ## CNN throughput vs a hand-written loop, and time to 98% (needs the MNIST files; CUDA if present)
 	$(BIN)/python benchmarks/gpu_throughput.py

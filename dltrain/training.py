@@ -22,9 +22,10 @@ from dltrain.config import RunSpec, validate
 from dltrain.data import DATASETS, DataBundle, Split
 from dltrain.engine import distributed, test_hooks
 from dltrain.engine.callbacks import EpochReport, MetricsLog, TaskEpochEnd
-from dltrain.engine.checkpoint import LoopState, StopSignals, TrainingInterrupted, config_hash, restore, snapshot
+from dltrain.engine.checkpoint import LoopState, StopSignals, TrainingInterrupted, config_hash, restore, snapshot, threads_of
 from dltrain.engine.checkpoint import checkpoints as checkpoints_of
-from dltrain.engine.device import check_precision, configure_backends, describe, seed_everything, select_device, set_threads
+from dltrain.engine.cpus import CpuLoad
+from dltrain.engine.device import autocast, check_precision, choose_threads, configure_backends, describe, seed_everything, select_device, set_threads
 from dltrain.engine.loader import TensorLoader
 from dltrain.engine.loggers import LOGGERS
 from dltrain.engine.loop import Phase, evaluate, fit
@@ -138,6 +139,7 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
     """
     from rich.console import Console
 
+    load = CpuLoad()  # what other processes use while this one starts: trainer.threads=0 leaves it to them
     console = console or Console(stderr=True)
     spec = validate(cfg)
     trainer = spec.trainer
@@ -169,17 +171,18 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
             finally:
                 os.environ.pop(LOCK_HELD, None)
         with StopSignals() as stop:  # also around building and the final test: a signal there stops cleanly
-            return _train(spec, plain, config_text, run, ranks, resume, stop, console, config_yaml, on_epoch)
+            return _train(spec, plain, config_text, run, ranks, resume, stop, console, config_yaml, on_epoch, load)
 
 
-def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, resume, stop: StopSignals, console, config_yaml: str | None, on_epoch) -> dict[str, Any]:
+def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, resume, stop: StopSignals, console, config_yaml: str | None, on_epoch, load: CpuLoad | None = None) -> dict[str, Any]:
     trainer = spec.trainer
     device = select_device(trainer.device)
     if ranks.enabled and device.type == "cuda":
         device = torch.device("cuda", ranks.local_rank)
     check_precision(device, trainer.precision)
     configure_backends(device, trainer.precision, trainer.deterministic)
-    set_threads(device, trainer.threads, ranks.local_world)
+    resumed_threads = threads_of(resume[1]) if resume is not None and not trainer.threads else None
+    threads = set_threads(device, trainer.threads or resumed_threads or 0, ranks.local_world)
     generator = seed_everything(spec.seed)
 
     built = build(spec, device)
@@ -211,6 +214,11 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
     steps_per_epoch = len(train_loader) if needs_closure else math.ceil(len(train_loader) / trainer.accumulate)
     clip_grad = trainer.clip_grad or next((r.clip_grad for r in regs if r.clip_grad), None)
     phases = [build_phase(spec, task, model, name, steps_per_epoch, clip_grad) for name in task.phases]
+    probe_seconds = 0.0
+    if not trainer.threads and not resumed_threads and device.type == "cpu" and not ranks.enabled:
+        t0 = time.perf_counter()
+        threads = pick_threads(threads, load, task, model, train_split, batch_size, phases[0].name, device, trainer.precision)
+        probe_seconds = time.perf_counter() - t0
     net = torch.compile(model, mode=None if trainer.compile_mode == "default" else trainer.compile_mode) if trainer.compile else model
 
     main = ranks.main  # only rank 0 writes the run directory
@@ -319,6 +327,8 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
         "test_seconds": round(test_seconds, 4),
         "device": describe(device),
         "ranks": ranks.world,
+        "threads": threads if device.type == "cpu" else None,
+        "threads_probe_seconds": round(probe_seconds, 4),  # trainer.threads=0 timing steps at each count
         "precision": trainer.precision,
         "seed": spec.seed,
         "parameters": count_parameters(model),
@@ -334,6 +344,37 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
     }
     run.write_summary(summary)
     return summary
+
+
+def pick_threads(most: int, load: CpuLoad | None, task, model: nn.Module, split: Split, batch_size: int, phase: str, device: torch.device, precision: str) -> int:
+    """trainer.threads=0 on the CPU: at most the cores other processes leave free, and of those
+    the count that runs a training batch's forward pass fastest (timed in eval mode without
+    gradients, the random streams forked: the run's weights, statistics and draws are untouched).
+    Returns the count, set."""
+    free = load.free_cores() if load is not None else None
+    most = min(most, free or most)
+    if most <= 1:
+        torch.set_num_threads(1)
+        log.info("torch threads: 1 (%s)", "1 core free: other processes use the rest" if free == 1 else "the most this process may use")
+        return 1
+    try:
+        x, y = split.x[:batch_size].to(device), split.y[:batch_size].to(device)
+
+        def step() -> None:
+            with torch.no_grad(), autocast(device, precision):
+                task.step_loss(model, x, y, phase)
+
+        model.eval()  # no batch-norm statistics updated, no dropout drawn: the run is as it was
+        with torch.random.fork_rng(devices=[]):
+            threads, medians = choose_threads(step, most)
+    except Exception as e:  # noqa: BLE001  (a model the probe cannot step: the training step will say what is wrong)
+        torch.set_num_threads(most)
+        log.info("torch threads: %d (not timed: %s)", most, str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return most
+    finally:
+        model.train()
+    log.info("torch threads: %d (timed a forward pass: %s; %s cores free)", threads, ", ".join(f"{c}: {t * 1e3:.2f} ms" for c, t in medians.items()), free if free is not None else "?")
+    return threads
 
 
 def _plain_config(cfg: Mapping[str, Any], config_yaml: str | None) -> tuple[dict[str, Any], str]:

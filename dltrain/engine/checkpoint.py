@@ -184,6 +184,7 @@ def snapshot(loop: LoopState, model_state: Mapping[str, torch.Tensor], phases, g
         "train_seconds": loop.train_seconds,
         "task": loop.task,
         "config_sha256": config_sha256,
+        "threads": torch.get_num_threads(),  # trainer.threads=0's choice: resume keeps it (float order)
         "blob": to_tree(blob, tensors),
     }
     text = json.dumps(state)[:-1] + ', "history": ' + _HISTORY.encode(loop.history) + "}\n"  # no indent: the C encoder
@@ -452,6 +453,12 @@ def _legacy_blob(path: Path, data: bytes) -> dict:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as e:
         raise CheckpointError(f"checkpoint {path}: state.pt is not a plain-tensor file, refused ({str(e).splitlines()[0][:160]})") from None
+
+
+def threads_of(files: Mapping[str, bytes]) -> int | None:
+    """The intra-op thread count a verified checkpoint was trained with (None: not recorded)."""
+    threads = json.loads(files["state.json"]).get("threads") if "state.json" in files else None
+    return threads if isinstance(threads, int) and threads > 0 else None
 
 
 def restore(path: Path, files: Mapping[str, bytes], *, model: torch.nn.Module, phases, generator: torch.Generator | None) -> LoopState:

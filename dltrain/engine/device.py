@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import time
 
 import numpy as np
 import torch
@@ -47,6 +48,67 @@ def set_threads(device: torch.device, threads: int, local_ranks: int = 1) -> int
     elif device.type == "cpu":
         torch.set_num_threads(max(1, min(torch.get_num_threads(), usable_cpus() // max(1, local_ranks))))
     return torch.get_num_threads()
+
+
+# trainer.threads=0 takes more threads only where they make a step at least this much faster ...
+THREAD_GAIN = 0.85
+# ... and only for steps (the timed forward pass) at least this long on one thread.
+SHARED_STEP_S = 0.001
+# Steps this long vary little: each count is timed once.
+LONG_STEP_S = 0.02
+
+
+def thread_counts(most: int) -> list[int]:
+    """The counts the probe tries: 1, 2, 4, ... and `most`."""
+    counts, n = [1], 2
+    while n < most:
+        counts.append(n)
+        n *= 2
+    return counts + ([most] if most > 1 else [])
+
+
+def choose_threads(step, most: int, budget_s: float = 0.2, max_rounds: int = 9) -> tuple[int, dict[int, float]]:
+    """The intra-op thread count that runs `step()` (a training step's forward pass) fastest, of
+    thread_counts(most): the fewest threads unless more are at least 1/THREAD_GAIN times faster.
+    A step under SHARED_STEP_S on one thread stays there untimed at other counts (a second
+    thread's hand-off costs what it would save); one of LONG_STEP_S or more is timed once per
+    count; others in interleaved rounds within `budget_s` (the median of each). On a busy machine
+    torch's threads wait at barriers for a core, and one thread comes out fastest.
+    Returns the count (set) and the seconds per count tried."""
+    import statistics
+
+    def timed(c: int) -> float:
+        torch.set_num_threads(c)
+        t0 = time.perf_counter()
+        step()
+        return time.perf_counter() - t0
+
+    timed(1)  # warm-up: oneDNN's kernels and the allocator (the first training step's work, done now)
+    single = timed(1)
+    counts = thread_counts(most)
+    if single < SHARED_STEP_S or len(counts) == 1:
+        torch.set_num_threads(1)
+        return 1, {1: single}
+    times: dict[int, list[float]] = {1: [single], **{c: [] for c in counts[1:]}}
+    if single >= LONG_STEP_S:
+        for c in counts[1:]:
+            times[c].append(timed(c))
+    else:
+        for c in counts[1:]:
+            timed(c)  # its warm-up
+        t_start = time.perf_counter()
+        for done in range(max_rounds):
+            if done >= 3 and time.perf_counter() - t_start > budget_s:
+                break
+            for c in counts:
+                times[c].append(timed(c))
+    medians = {c: statistics.median(v) for c, v in times.items()}
+    best = 1
+    for c in counts[1:]:
+        if medians[c] < THREAD_GAIN * medians[best]:
+            best = c
+    torch.set_num_threads(best)
+    return best, medians
 
 
 def autocast(device: torch.device, precision: str):

@@ -43,7 +43,7 @@ class TrainerConfig:
     devices: PositiveInt = 1  # data-parallel ranks on this machine (DDP through torchrun's launcher); torchrun itself sets its own
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: gloo on CPU, NCCL on CUDA
     dist_timeout: PositiveInt = 300  # seconds a rank waits for the others at a collective
-    threads: NonNegativeInt = 0  # CPU intra-op threads per process; 0: the cores this process may use, shared among its ranks
+    threads: NonNegativeInt = 0  # CPU intra-op threads per process; 0: timed, at most the free cores (training.pick_threads)
     accumulate: PositiveInt = 1  # gradient accumulation: optimizer step every N batches
     clip_grad: Positive | None = None  # max global gradient norm
     deterministic: bool = False
