@@ -365,8 +365,13 @@ def pick_threads(most: int, load: CpuLoad | None, task, model: nn.Module, split:
                 task.step_loss(model, x, y, phase)
 
         model.eval()  # no batch-norm statistics updated, no dropout drawn: the run is as it was
-        with torch.random.fork_rng(devices=[]):
-            threads, medians = choose_threads(step, most)
+        kept = {k: v.clone() if isinstance(v, torch.Tensor) and v.numel() <= 4096 else v for k, v in vars(task).items()}
+        try:
+            with torch.random.fork_rng(devices=[]):
+                threads, medians = choose_threads(step, most)
+        finally:  # the task's own counters (a GAN's discriminator wins) as they were
+            vars(task).clear()
+            vars(task).update(kept)
     except Exception as e:  # noqa: BLE001  (a model the probe cannot step: the training step will say what is wrong)
         torch.set_num_threads(most)
         log.info("torch threads: %d (not timed: %s)", most, str(e).splitlines()[0] if str(e) else type(e).__name__)

@@ -51,7 +51,7 @@ def set_threads(device: torch.device, threads: int, local_ranks: int = 1) -> int
 
 
 # trainer.threads=0 takes more threads only where they make a step at least this much faster ...
-THREAD_GAIN = 0.85
+THREAD_GAIN = 0.95
 # ... and only for steps (the timed forward pass) at least this long on one thread.
 SHARED_STEP_S = 0.001
 # Steps this long vary little: each count is timed once.
