@@ -11,18 +11,9 @@ Everything is imported on first use: `import dltrain` alone is instant.
 
 __version__ = "0.1.0"
 
-# name -> (module, attribute): the public API, imported on first use
+# name -> (module, attribute): the public API beside the registries (dltrain.plugins.REGISTRIES),
+# imported on first use
 _API = {
-    "MODELS": ("dltrain.models", "MODELS"),
-    "DATASETS": ("dltrain.data", "DATASETS"),
-    "LOSSES": ("dltrain.losses", "LOSSES"),
-    "OPTIMIZERS": ("dltrain.optim", "OPTIMIZERS"),
-    "SCHEDULES": ("dltrain.optim", "SCHEDULES"),
-    "REGULARIZERS": ("dltrain.regularization", "REGULARIZERS"),
-    "INITS": ("dltrain.models.layers", "INITS"),
-    "ACTIVATIONS": ("dltrain.models.layers", "ACTIVATIONS"),
-    "TASKS": ("dltrain.tasks", "TASKS"),
-    "LOGGERS": ("dltrain.engine.loggers", "LOGGERS"),
     "UserError": ("dltrain.errors", "UserError"),
     "train": ("dltrain.api", "train"),
     "compose": ("dltrain.api", "compose"),
@@ -30,15 +21,19 @@ _API = {
     "sweep": ("dltrain.api", "sweep"),
     "Run": ("dltrain.api", "Run"),
 }
+_REGISTRIES = ("MODELS", "DATASETS", "LOSSES", "OPTIMIZERS", "SCHEDULES", "REGULARIZERS", "INITS", "ACTIVATIONS", "TASKS", "LOGGERS")
 
-__all__ = sorted(_API)
+
+__all__ = sorted([*_API, *_REGISTRIES])
 
 
 def __getattr__(name: str):
-    if name in _API:
+    if name in _API or name in _REGISTRIES:
         import importlib
 
-        module, attr = _API[name]
+        from dltrain.plugins import REGISTRIES
+
+        module, attr = _API.get(name) or next(where for where in REGISTRIES.values() if where[1] == name)
         value = getattr(importlib.import_module(module), attr)
         globals()[name] = value
         return value
@@ -46,4 +41,4 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_API])
+    return sorted([*globals(), *__all__])

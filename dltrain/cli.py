@@ -66,19 +66,6 @@ VERBS = {
     ]
 }
 
-# `dltrain ls` groups -> (module, registry attribute)
-LISTABLE = {
-    "model": ("dltrain.models", "MODELS"),
-    "data": ("dltrain.data", "DATASETS"),
-    "loss": ("dltrain.losses", "LOSSES"),
-    "optim": ("dltrain.optim", "OPTIMIZERS"),
-    "sched": ("dltrain.optim", "SCHEDULES"),
-    "reg": ("dltrain.regularization", "REGULARIZERS"),
-    "init": ("dltrain.models.layers", "INITS"),
-    "activation": ("dltrain.models.layers", "ACTIVATIONS"),
-    "task": ("dltrain.tasks", "TASKS"),
-    "logger": ("dltrain.engine.loggers", "LOGGERS"),
-}
 
 
 def fail(message: str, code: int = 2) -> int:
@@ -114,26 +101,25 @@ def print_help(argv: Sequence[str] = ()) -> int:
 
 
 def list_components(args: Sequence[str]) -> int:
-    import importlib
 
     from rich.console import Console
     from rich.table import Table
 
     from dltrain.errors import unknown_choice
+    from dltrain.plugins import REGISTRIES, registry
 
     group = args[0] if args else None
     pattern = args[1] if len(args) > 1 else "*"
-    if group is not None and group not in LISTABLE:
-        return fail(str(unknown_choice("ls GROUP", group, LISTABLE)))
+    if group is not None and group not in REGISTRIES:
+        return fail(str(unknown_choice("ls GROUP", group, REGISTRIES)))
     table = Table(title="registered components" if group is None else f"{group} choices")
     table.add_column("group", style="cyan")
     table.add_column("name", style="bold")
     table.add_column("description")
-    for g in [group] if group else LISTABLE:
-        module, attr = LISTABLE[g]
-        registry = getattr(importlib.import_module(module), attr)
-        for name in registry.names(pattern):
-            table.add_row(g, name, registry.get(name).help)
+    for g in [group] if group else REGISTRIES:
+        components = registry(g)
+        for name in components.names(pattern):
+            table.add_row(g, name, components.get(name).help)
     Console().print(table)
     return 0
 

@@ -57,18 +57,31 @@ _LOADED: dict[str, Plugin] = {}  # key: "entry_point:NAME" or "file:RESOLVED PAT
 _SCANNED = [False]
 
 
-def registries() -> dict[str, Any]:
-    """Every public registry by kind (importing the components)."""
-    from dltrain.data import DATASETS
-    from dltrain.engine.loggers import LOGGERS
-    from dltrain.losses import LOSSES
-    from dltrain.models import MODELS
-    from dltrain.models.layers import ACTIVATIONS, INITS
-    from dltrain.optim import OPTIMIZERS, SCHEDULES
-    from dltrain.regularization import REGULARIZERS
-    from dltrain.tasks import TASKS
+# Every public registry: group -> (module, attribute). `dltrain ls`, `from dltrain import MODELS`
+# and the plugin loader all read this one table.
+REGISTRIES = {
+    "model": ("dltrain.models", "MODELS"),
+    "data": ("dltrain.data", "DATASETS"),
+    "loss": ("dltrain.losses", "LOSSES"),
+    "optim": ("dltrain.optim", "OPTIMIZERS"),
+    "sched": ("dltrain.optim", "SCHEDULES"),
+    "reg": ("dltrain.regularization", "REGULARIZERS"),
+    "init": ("dltrain.models.layers", "INITS"),
+    "activation": ("dltrain.models.layers", "ACTIVATIONS"),
+    "task": ("dltrain.tasks", "TASKS"),
+    "logger": ("dltrain.engine.loggers", "LOGGERS"),
+}
 
-    return {"model": MODELS, "data": DATASETS, "loss": LOSSES, "optim": OPTIMIZERS, "sched": SCHEDULES, "reg": REGULARIZERS, "init": INITS, "activation": ACTIVATIONS, "task": TASKS, "logger": LOGGERS}
+
+def registry(group: str) -> Any:
+    """The registry of `group` (importing its components)."""
+    module, attr = REGISTRIES[group]
+    return getattr(importlib.import_module(module), attr)
+
+
+def registries() -> dict[str, Any]:
+    """Every public registry by group (importing the components)."""
+    return {group: registry(group) for group in REGISTRIES}
 
 
 def _import(load, what: str) -> tuple[Any, dict[str, list[str]]]:

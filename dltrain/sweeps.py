@@ -42,18 +42,6 @@ STATUS_ORDER = {"completed": 0, "pruned": 1, "failed": 2, "interrupted": 3, "run
 # ---- config ----------------------------------------------------------------------------------
 
 
-def check_sweep(sweep, task_cls):
-    """Resolve `sweep.objective`/`direction` "auto" for the task and check the objective is one of its metrics."""
-    allowed = [f"val_{m}" for m in task_cls.metrics]
-    if sweep.objective == "auto":
-        sweep.objective = task_cls.monitor
-    if sweep.objective not in allowed:
-        raise unknown_choice("sweep.objective", sweep.objective, allowed)
-    if sweep.direction == "auto":
-        sweep.direction = "maximize" if sweep.objective.removeprefix("val_") in task_cls.higher_is_better else "minimize"
-    return sweep
-
-
 def resume_dir(overrides: Sequence[str]) -> list[str]:
     """With sweep.resume=true and no hydra.sweep.dir: `hydra.sweep.dir=` of the latest sweep that ran
     the same command line, so its finished jobs are skipped (an empty list when there is none)."""

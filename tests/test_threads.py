@@ -12,16 +12,15 @@ import torch
 
 from dltrain.engine import device
 from dltrain.engine.cpus import CpuLoad, usable_cpus
+from tests.conftest import torch_threads
 
 TINY = ("trainer.max_epochs=2", "trainer.limit_train_batches=6", "trainer.limit_val_batches=1", "trainer.checkpoint.every_n_steps=3", "trainer.checkpoint.keep_last=0")
 
 
 @pytest.fixture
 def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(2):
+        yield
 
 
 def fake_step(seconds_at: dict[int, float], calls: list[int]):
