@@ -6,6 +6,7 @@ dataset and reference-net caches and the sweep summaries. No torch, no third-par
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -151,3 +152,14 @@ class FolderLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def writing(path: Path):
+    """Turn a failed write of `path` (a full disk, a read-only folder) into one UserError line."""
+    from dltrain.errors import UserError
+
+    try:
+        yield
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e} (a full disk or a read-only folder?); the run stopped and is not marked finished") from None

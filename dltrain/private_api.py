@@ -9,8 +9,9 @@ Nothing else in dltrain touches these libraries' private names.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 # ---- Hydra -----------------------------------------------------------------------------------
@@ -55,6 +56,53 @@ def skip_grid_revalidation() -> None:
         return
     if hasattr(BasicSweeper, "validate_batch_is_legal"):
         BasicSweeper.validate_batch_is_legal = lambda self, batch: None
+
+
+@contextlib.contextmanager
+def composing_once(is_hydra: Callable[[str], bool]) -> Iterator[Callable[[], None]]:
+    """Within the block, a config Hydra has composed once is not composed again: dltrain's check of
+    a single run composes its config (and validates it), then Hydra composes the same config twice
+    more, once to read `hydra.mode` and once to run it: about 0.25 s each on 2 cores. The first
+    composition is kept (a copy) and handed out again for the same config folders, config name,
+    run mode and overrides (compared as Hydra splits them: the task's in order, Hydra's own in
+    order); Hydra mutates what it is given, so each caller gets its own copy. Calling what the
+    block yields says the command is a single run whose config leaves hydra.mode unset (or RUN),
+    so Hydra's `get_mode` need not compose to find that out.
+    Hydra: `ConfigLoaderImpl.load_configuration` and `Hydra.get_mode` (both internal); without
+    them, Hydra composes as it always does."""
+    try:
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+        from hydra._internal.hydra import Hydra
+        from hydra.types import RunMode
+    except ImportError:
+        yield lambda: None
+        return
+    load, get_mode = ConfigLoaderImpl.load_configuration, Hydra.get_mode
+    kept: dict[tuple, Any] = {}
+
+    def load_once(self, config_name, overrides, run_mode, from_shell=True, validate_sweep_overrides=True):
+        import copy
+
+        try:
+            folders = tuple(str(e.path) for e in self.config_search_path.get_path())
+        except AttributeError:
+            return load(self, config_name, overrides, run_mode, from_shell, validate_sweep_overrides)
+        task = tuple(o for o in overrides if not is_hydra(o))
+        key = (folders, config_name, task, tuple(o for o in overrides if is_hydra(o)), run_mode, validate_sweep_overrides)
+        if key in kept:
+            return copy.deepcopy(kept[key])
+        cfg = load(self, config_name, overrides, run_mode, from_shell, validate_sweep_overrides)
+        kept[key] = copy.deepcopy(cfg)
+        return cfg
+
+    def single_run() -> None:
+        Hydra.get_mode = lambda self, config_name, overrides: RunMode.RUN
+
+    ConfigLoaderImpl.load_configuration = load_once
+    try:
+        yield single_run
+    finally:
+        ConfigLoaderImpl.load_configuration, Hydra.get_mode = load, get_mode
 
 
 def job_return_value(result: Any) -> Any:

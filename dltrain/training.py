@@ -24,12 +24,12 @@ from dltrain.engine import distributed, test_hooks
 from dltrain.engine.callbacks import EpochReport, MetricsLog, TaskEpochEnd
 from dltrain.engine.checkpoint import LoopState, StopSignals, TrainingInterrupted, config_hash, restore, snapshot, threads_of
 from dltrain.engine.checkpoint import checkpoints as checkpoints_of
-from dltrain.engine.cpus import CpuLoad
+from dltrain.engine.cpus import CpuLoad, command_started
 from dltrain.engine.device import autocast, check_precision, choose_threads, configure_backends, describe, seed_everything, select_device, set_threads
 from dltrain.engine.loader import TensorLoader
 from dltrain.engine.loggers import LOGGERS
 from dltrain.engine.loop import Phase, evaluate, fit
-from dltrain.engine.plots import plot_history
+from dltrain.engine.plots import draw_history
 from dltrain.engine.progress import progress_display
 from dltrain.engine.rundir import RunDir, check_run_dir, weights_sha256, writing
 from dltrain.engine.writer import make_writer
@@ -140,6 +140,7 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
     from rich.console import Console
 
     load = CpuLoad()  # what other processes use while this one starts: trainer.threads=0 leaves it to them
+    started = command_started() or time.monotonic()  # the command's start, or (called from Python) now
     console = console or Console(stderr=True)
     spec = validate(cfg)
     trainer = spec.trainer
@@ -171,10 +172,10 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
             finally:
                 os.environ.pop(LOCK_HELD, None)
         with StopSignals() as stop:  # also around building and the final test: a signal there stops cleanly
-            return _train(spec, plain, config_text, run, ranks, resume, stop, console, config_yaml, on_epoch, load)
+            return _train(spec, plain, config_text, run, ranks, resume, stop, console, config_yaml, on_epoch, load, started)
 
 
-def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, resume, stop: StopSignals, console, config_yaml: str | None, on_epoch, load: CpuLoad | None = None) -> dict[str, Any]:
+def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, resume, stop: StopSignals, console, config_yaml: str | None, on_epoch, load: CpuLoad | None = None, started: float | None = None) -> dict[str, Any]:
     trainer = spec.trainer
     device = select_device(trainer.device)
     if ranks.enabled and device.type == "cuda":
@@ -219,6 +220,7 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
         t0 = time.perf_counter()
         threads = pick_threads(threads, load, task, model, train_split, batch_size, phases[0].name, device, trainer.precision)
         probe_seconds = time.perf_counter() - t0
+    first_step = _time_first_step(phases[0].optimizer, started if started is not None else time.monotonic())
     net = torch.compile(model, mode=None if trainer.compile_mode == "default" else trainer.compile_mode) if trainer.compile else model
 
     main = ranks.main  # only rank 0 writes the run directory
@@ -284,6 +286,7 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
     writer.close()
     if not main:
         return {}
+    curves = draw_history(result.history, run.plots)  # in the plot process, while the run finishes here
 
     last_checkpoint = checkpoints_of(run.checkpoints)[:1]
 
@@ -305,8 +308,8 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
     stopped_here("the final test")
     test_hooks.at("plots")
     with writing(run.plots):
-        plot_history(result.history, run.plots)
         extras = task.end_fit(model, run.plots)
+        curves.wait()
     stopped_here("the plots")
     if extras.get("preview"):
         console.print(extras.pop("preview"), highlight=False)
@@ -329,6 +332,7 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
         "ranks": ranks.world,
         "threads": threads if device.type == "cpu" else None,
         "threads_probe_seconds": round(probe_seconds, 4),  # trainer.threads=0 timing steps at each count
+        "startup_seconds": round(first_step[0], 4) if first_step else None,  # from the command (or train()) to the first optimizer step
         "precision": trainer.precision,
         "seed": spec.seed,
         "parameters": count_parameters(model),
@@ -344,6 +348,18 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
     }
     run.write_summary(summary)
     return summary
+
+
+def _time_first_step(optimizer: torch.optim.Optimizer, started: float) -> list[float]:
+    """A list that receives, at the end of the first optimizer step, the seconds since `started`."""
+    seconds: list[float] = []
+
+    def first(opt, args, kwargs) -> None:
+        seconds.append(time.monotonic() - started)
+        handle.remove()
+
+    handle = optimizer.register_step_post_hook(first)
+    return seconds
 
 
 def pick_threads(most: int, load: CpuLoad | None, task, model: nn.Module, split: Split, batch_size: int, phase: str, device: torch.device, precision: str) -> int:

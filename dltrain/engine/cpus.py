@@ -1,4 +1,5 @@
-"""How many cores this process may use (no torch here: a sweep's parent asks before importing it)."""
+"""How many cores this process may use, how busy the others keep them, and when the command
+started (no torch here: a sweep's parent asks before importing it)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,27 @@ def jobs_at_once(n_jobs: int) -> int:
     return max(1, usable_cpus() + 1 + n_jobs if n_jobs < 0 else n_jobs)
 
 
+# Processes this one started to work for it (the plot process): their CPU time counts as this
+# process's own, not as another process's load.
+HELPERS: set[int] = set()
+
+
+def helpers_cpu_seconds() -> float:
+    """The CPU time (user + system) the HELPERS have used so far (for one that has exited, what it
+    had used when last seen)."""
+    for pid in list(HELPERS):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()  # after the command name, which may hold spaces
+            _SEEN[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+        except (OSError, ValueError, IndexError):
+            pass
+    return sum(_SEEN.values())
+
+
+_SEEN: dict[int, float] = {}
+
+
 class CpuLoad:
     """How many cores other processes keep busy, measured between `CpuLoad()` and `.busy_elsewhere()`:
     the machine's busy time (/proc/stat) less this process's own CPU time, over the wall time
@@ -46,7 +68,7 @@ class CpuLoad:
             return None
         idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
         busy = (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # user .. steal, in seconds
-        own = sum(os.times()[:2])
+        own = sum(os.times()[:2]) + helpers_cpu_seconds()
         return time.monotonic(), busy, own, cpus
 
     def busy_elsewhere(self) -> float | None:
@@ -62,3 +84,34 @@ class CpuLoad:
         if others is None or self.start is None:
             return None
         return max(1, min(usable_cpus(), round(self.start[3] - others)))  # start[3]: the machine's cores
+
+
+# When the command began (time.monotonic()), if `mark_command_start` was called: the `dltrain`
+# command marks it as it starts, so a run can report the time from the command to its first step.
+_COMMAND_STARTED: float | None = None
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (Linux: /proc/self/stat against the boot clock, to the
+    kernel's tick of 10 ms), or None where that cannot be read."""
+    import time
+
+    try:
+        with open("/proc/self/stat") as f:
+            started = int(f.read().rpartition(")")[2].split()[19]) / os.sysconf("SC_CLK_TCK")  # starttime, since boot
+        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def mark_command_start() -> None:
+    """The `dltrain` command starts: from the process's own start where it can be read (the
+    interpreter's start-up and imports count), else from now."""
+    import time
+
+    global _COMMAND_STARTED
+    _COMMAND_STARTED = time.monotonic() - (process_age() or 0.0)
+
+
+def command_started() -> float | None:
+    return _COMMAND_STARTED

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import io
@@ -25,7 +24,7 @@ import torch
 
 from dltrain.engine.atomic import CHECKPOINT_FORMAT
 from dltrain.errors import UserError
-from dltrain.files import atomic_write, injected_fault
+from dltrain.files import atomic_write, injected_fault, writing
 
 
 def weights_sha256(state: Mapping[str, torch.Tensor]) -> str:
@@ -144,15 +143,6 @@ class RunDir:
         with writing(path):
             atomic_write(path, save(tensors, metadata=meta))
         return path
-
-
-@contextlib.contextmanager
-def writing(path: Path):
-    """Turn a failed write of `path` (a full disk, a read-only folder) into one UserError line."""
-    try:
-        yield
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e} (a full disk or a read-only folder?); the run stopped and is not marked finished") from None
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
