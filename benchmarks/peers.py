@@ -33,7 +33,8 @@ def digits():
     from dltrain.data import DATASETS
 
     data = DATASETS.build({"name": "digits"})
-    return data.train.x, data.train.y, data.val.x, data.val.y
+    flat = lambda t: t.reshape(len(t), -1)  # noqa: E731  (8x8 images; dltrain's MLP flattens them too)
+    return flat(data.train.x), data.train.y, flat(data.val.x), data.val.y
 
 
 def torch_mlp():
@@ -88,6 +89,9 @@ def with_lightning(epochs: int, seed: int = 0) -> float:
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
 
+    import warnings
+
+    warnings.filterwarnings("ignore")  # its deprecation notes, per step
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     torch.manual_seed(seed)

@@ -195,9 +195,7 @@ def _checked_argv(argv: list[str], multirun: bool, inspect_only: bool, single_ru
 
         overrides = ov.from_argv(argv)
         multirun = multirun or sweeps_by_itself(overrides)
-        from dltrain.engine.distributed import under_torchrun
-
-        if not multirun and (not under_torchrun() or os.environ.get("RANK") == "0"):
+        if not multirun and os.environ.get("RANK", "0") == "0":  # a single process, or torchrun's rank 0
             from dltrain.engine.plots import start_plot_process
 
             start_plot_process()  # matplotlib is imported there while torch is imported here
@@ -222,6 +220,8 @@ def _checked_argv(argv: list[str], multirun: bool, inspect_only: bool, single_ru
             claim_run_dir(checked)
             if str(checked.hydra.get("mode")) in ("None", "RUN", "RunMode.RUN"):
                 single_run()  # Hydra need not compose the config again to read hydra.mode
+        from dltrain.engine.distributed import under_torchrun
+
         if under_torchrun():
             from dltrain.rank import join_torchrun
 
