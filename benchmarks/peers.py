@@ -83,13 +83,12 @@ def with_dltrain(epochs: int, seed: int = 0) -> float:
 
 def with_lightning(epochs: int, seed: int = 0) -> float:
     import logging
+    import warnings
 
     import lightning as L
     import torch
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
-
-    import warnings
 
     warnings.filterwarnings("ignore")  # its deprecation notes, per step
     logging.getLogger("lightning").setLevel(logging.ERROR)

@@ -1,4 +1,4 @@
-"""A 16-job grid on digits: launcher=joblib against the same grid run sequentially (target ratio <= 0.65).
+"""A 16-job grid on digits: launcher=joblib against the same grid run sequentially (target ratio <= 0.55).
 
     python benchmarks/sweep_parallel.py [--epochs 30] [--cores 2] [--repeat 3] [--one-thread]
 
@@ -59,11 +59,11 @@ def main() -> int:
     print(f"16-job grid on digits ({' '.join(GRID)}), {args.epochs} epochs per job, {cores} cores, "
           f"median of {args.repeat}, load average {load:.1f} -> {os.getloadavg()[0]:.1f}")
     print(f"sequential:                  {sequential:6.1f} s  {_all(times['sequential'])}")
-    print(f"launcher=joblib:             {parallel:6.1f} s  {_all(times['joblib'])}  ratio {ratio:.2f} (target <= 0.65)")
+    print(f"launcher=joblib:             {parallel:6.1f} s  {_all(times['joblib'])}  ratio {ratio:.2f} (target <= 0.55)")
     if times["one_thread"]:
         one = statistics.median(times["one_thread"])
         print(f"sequential, 1 torch thread:  {one:6.1f} s  {_all(times['one_thread'])}  joblib ratio to it {parallel / one:.2f}")
-    return 0 if ratio <= 0.65 else 1
+    return 0 if ratio <= 0.55 else 1
 
 
 def _all(values: list[float]) -> str:
