@@ -218,6 +218,11 @@ def _checked_argv(argv: list[str], multirun: bool, inspect_only: bool, single_ru
             from dltrain.preflight import claim_run_dir
 
             claim_run_dir(checked)
+            devices = (checked.config.get("trainer") or {}).get("devices", 1)
+            if isinstance(devices, int) and devices > 1:
+                from dltrain.engine.plots import stop_plot_process
+
+                stop_plot_process()  # the ranks draw their own (rank 0); the cores are theirs
             if str(checked.hydra.get("mode")) in ("None", "RUN", "RunMode.RUN"):
                 single_run()  # Hydra need not compose the config again to read hydra.mode
         from dltrain.engine.distributed import under_torchrun
