@@ -158,7 +158,8 @@ def train_command(argv: list[str]) -> int:
     inspect_only = any(a.split("=")[0] in INSPECT_FLAGS for a in argv)
     from dltrain.engine.plots import stop_plot_process
 
-    with private_api.composing_once(ov.is_hydra) as single_run:  # the check's composition is the one Hydra runs
+    single = not multirun and not inspect_only
+    with private_api.composing_once(ov.is_hydra, active=single) as single_run:  # the check's composition is the one Hydra runs
         try:
             argv = _checked_argv(argv, multirun, inspect_only, single_run)
             return _run_hydra(argv)

@@ -59,7 +59,7 @@ def skip_grid_revalidation() -> None:
 
 
 @contextlib.contextmanager
-def composing_once(is_hydra: Callable[[str], bool]) -> Iterator[Callable[[], None]]:
+def composing_once(is_hydra: Callable[[str], bool], active: bool = True) -> Iterator[Callable[[], None]]:
     """Within the block, a config Hydra has composed once is not composed again: dltrain's check of
     a single run composes its config (and validates it), then Hydra composes the same config twice
     more, once to read `hydra.mode` and once to run it: about 0.25 s each on 2 cores. The first
@@ -68,8 +68,13 @@ def composing_once(is_hydra: Callable[[str], bool]) -> Iterator[Callable[[], Non
     order); Hydra mutates what it is given, so each caller gets its own copy. Calling what the
     block yields says the command is a single run whose config leaves hydra.mode unset (or RUN),
     so Hydra's `get_mode` need not compose to find that out.
+    Not `active` (a sweep: its jobs are composed for another run mode, nothing would be reused),
+    the block changes nothing.
     Hydra: `ConfigLoaderImpl.load_configuration` and `Hydra.get_mode` (both internal); without
     them, Hydra composes as it always does."""
+    if not active:
+        yield lambda: None
+        return
     try:
         from hydra._internal.config_loader_impl import ConfigLoaderImpl
         from hydra._internal.hydra import Hydra

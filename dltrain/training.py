@@ -31,10 +31,10 @@ from dltrain.engine.loggers import LOGGERS
 from dltrain.engine.loop import Phase, evaluate, fit
 from dltrain.engine.plots import draw_history
 from dltrain.engine.progress import progress_display
-from dltrain.engine.rundir import RunDir, check_run_dir, weights_sha256, writing
+from dltrain.engine.rundir import RunDir, check_run_dir, weights_sha256
 from dltrain.engine.writer import make_writer
 from dltrain.errors import ConfigError, UserError
-from dltrain.files import FolderLock
+from dltrain.files import FolderLock, writing
 from dltrain.losses import LOSSES
 from dltrain.models import MODELS
 from dltrain.models.layers import INITS, count_parameters

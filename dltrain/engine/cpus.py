@@ -32,14 +32,20 @@ def jobs_at_once(n_jobs: int) -> int:
 HELPERS: set[int] = set()
 
 
+def _stat_seconds(pid: int | str, *fields: int) -> float:
+    """The sum of /proc/PID/stat's clock-tick `fields` (numbered from 3, after the command name,
+    which may hold spaces), in seconds; OSError, ValueError or IndexError where unreadable."""
+    with open(f"/proc/{pid}/stat") as f:
+        values = f.read().rpartition(")")[2].split()
+    return sum(int(values[i - 3]) for i in fields) / os.sysconf("SC_CLK_TCK")
+
+
 def helpers_cpu_seconds() -> float:
     """The CPU time (user + system) the HELPERS have used so far (for one that has exited, what it
     had used when last seen)."""
     for pid in list(HELPERS):
         try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rpartition(")")[2].split()  # after the command name, which may hold spaces
-            _SEEN[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+            _SEEN[pid] = _stat_seconds(pid, 14, 15)  # utime, stime
         except (OSError, ValueError, IndexError):
             pass
     return sum(_SEEN.values())
@@ -97,9 +103,7 @@ def process_age() -> float | None:
     import time
 
     try:
-        with open("/proc/self/stat") as f:
-            started = int(f.read().rpartition(")")[2].split()[19]) / os.sysconf("SC_CLK_TCK")  # starttime, since boot
-        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started)
+        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - _stat_seconds("self", 22))  # starttime, since boot
     except (OSError, ValueError, IndexError, AttributeError):
         return None
 
