@@ -189,6 +189,11 @@ def _check_compatible(parts, reg, trainer, task, task_cls, data_entry, MODELS, L
             raise ConfigError("trainer.accumulate", trainer.accumulate, f"optim={optim.name} re-evaluates the loss itself; allowed: 1")
         if trainer.precision == "16":
             raise ConfigError("trainer.precision", trainer.precision, f"optim={optim.name} cannot use a gradient scaler; allowed: 32, bf16")
+    if optim.meta.get("hessian"):
+        if trainer.compile:
+            raise ConfigError("trainer.compile", trainer.compile, f"optim={optim.name} differentiates the gradient again, which compiled graphs do not support; allowed: false")
+        if trainer.precision != "32":
+            raise ConfigError("trainer.precision", trainer.precision, f"optim={optim.name} solves with the Hessian, which needs full precision; allowed: 32")
     allowed = [f"val_{m}" for m in task_cls.metrics]
     for key, value in (("trainer.early_stop.monitor", trainer.early_stop.monitor), ("trainer.checkpoint.monitor", trainer.checkpoint.monitor)):
         if value not in allowed:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 
 from dltrain.registry import Registry
 from dltrain.schema import NonNegative, NonNegativeInt, Positive, PositiveInt, Probability, Range
+from dltrain.second_order import ConjugateGradient, Newton
 
 OPTIMIZERS = Registry("optim")
 SCHEDULES = Registry("sched")
@@ -81,6 +82,40 @@ def lbfgs(
     )
     # Quasi-Newton curvature estimates assume a deterministic objective, so by default each
     # step sees the whole training set (full_batch=false uses data.batch_size minibatches).
+
+
+@OPTIMIZERS.register("cg", closure=True, help="nonlinear conjugate gradient, Polak-Ribiere+ or Fletcher-Reeves, with a strong-Wolfe line search")
+def cg(
+    params,
+    full_batch: bool = True,
+    lr: Positive = 1.0,
+    max_iter: PositiveInt = 20,
+    beta: Literal["pr+", "fr"] = "pr+",
+    weight_decay: NonNegative = 0.0,
+    tolerance_grad: NonNegative = 1e-5,
+    tolerance_change: NonNegative = 1e-9,
+):
+    # lr caps each line search's first trial step; weight_decay is part of the objective minimised
+    return ConjugateGradient(params, lr=lr, max_iter=max_iter, beta=beta, weight_decay=weight_decay, tolerance_grad=tolerance_grad, tolerance_change=tolerance_change)
+
+
+@OPTIMIZERS.register("newton", closure=True, hessian=True, help="damped Newton: the exact Hessian for small models, Newton-CG with Hessian-vector products beyond")
+def newton(
+    params,
+    full_batch: bool = True,
+    lr: Positive = 1.0,
+    max_iter: PositiveInt = 10,
+    max_exact_params: NonNegativeInt = 500,
+    damping: Positive = 1e-4,
+    cg_max_iter: PositiveInt = 50,
+    weight_decay: NonNegative = 0.0,
+    tolerance_grad: NonNegative = 1e-5,
+    tolerance_change: NonNegative = 1e-9,
+):
+    # lr is the full step's length (1: Newton's own step); the line search shortens it where needed
+    return Newton(
+        params, lr=lr, max_iter=max_iter, max_exact_params=max_exact_params, damping=damping, cg_max_iter=cg_max_iter, weight_decay=weight_decay, tolerance_grad=tolerance_grad, tolerance_change=tolerance_change
+    )
 
 
 @SCHEDULES.register("none", interval="none", help="constant learning rate")

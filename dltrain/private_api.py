@@ -1,4 +1,4 @@
-"""Every private API of Hydra, loky (joblib's executor), Optuna and CPython that dltrain uses.
+"""Every private API of Hydra, loky (joblib's executor), Optuna, torch and CPython that dltrain uses.
 
 Each function here wraps one use, says why dltrain needs it, and is guarded: if an upgrade moves
 or removes what it relies on, dltrain falls back to a slower or plainer path that gives the same
@@ -192,6 +192,34 @@ def trial_by_id(study: Any, trial_id: int) -> Any:
     import optuna
 
     return optuna.trial.Trial(study, trial_id)
+
+
+# ---- torch -------------------------------------------------------------------------------------
+
+
+def strong_wolfe() -> Callable:
+    """torch's strong-Wolfe line search, the one `torch.optim.LBFGS` runs, for optim=cg and
+    optim=newton: `search(obj_func, x, t, d, f, g, gtd, c1=1e-4, c2=0.9, tolerance_change=1e-9,
+    max_ls=25) -> (f, g, t, evaluations)`, `obj_func(x, t, d) -> (f, g)` at x + t d. torch:
+    `torch.optim.lbfgs._strong_wolfe`; without it, backtracking to the Armijo condition (plainer:
+    sufficient decrease only, so CG may need more iterations and restarts)."""
+    try:
+        from torch.optim.lbfgs import _strong_wolfe
+
+        return _strong_wolfe
+    except ImportError:
+        return backtracking
+
+
+def backtracking(obj_func, x, t, d, f, g, gtd, c1=1e-4, c2=0.9, tolerance_change=1e-9, max_ls=25):
+    """Halve t until f(x + t d) <= f + c1 t gtd (`c2` is unused: no curvature condition)."""
+    gtd = float(gtd)
+    for evals in range(1, max_ls + 1):
+        f_new, g_new = obj_func(x, t, d)
+        if f_new <= f + c1 * t * gtd or t * float(d.abs().max()) < tolerance_change:
+            return f_new, g_new, t, evals
+        t /= 2
+    return f_new, g_new, t, max_ls
 
 
 # ---- CPython -----------------------------------------------------------------------------------

@@ -324,6 +324,7 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
         "final": {k: v for k, v in result.history[-1].items() if k not in ("epoch", "step", "seconds")},
         "epochs": result.epochs,
         "steps": result.steps,
+        **_iteration_counts(phases),
         "stopped_early": result.stopped_early,
         "train_seconds": round(result.train_seconds, 4),
         "compile_seconds": round(result.compile_seconds, 4),
@@ -348,6 +349,17 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
     }
     run.write_summary(summary)
     return summary
+
+
+def _iteration_counts(phases) -> dict:
+    """A full-batch method's own counts (lbfgs, cg, newton keep them in their state):
+    {"optim_counts": {"n_iter": iterations, "func_evals": loss-and-gradient evaluations, and
+    for newton "hess_evals": Hessian-vector products}}, or nothing for the other optimizers."""
+    optimizer = phases[0].optimizer
+    first = next((p for group in optimizer.param_groups for p in group["params"]), None)
+    state = optimizer.state.get(first, {}) if first is not None else {}
+    counts = {k: int(state[k]) for k in ("n_iter", "func_evals", "hess_evals") if k in state}
+    return {"optim_counts": counts} if counts else {}
 
 
 def _time_first_step(optimizer: torch.optim.Optimizer, started: float) -> list[float]:

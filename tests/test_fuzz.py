@@ -22,7 +22,7 @@ GROUPS = {
     "model": ["mlp", "cnn", "rnn", "lstm", "gru", "autoencoder", "vae", "gan", "nosuch"],
     "data": [*OFFLINE_DATA, "nosuch"],
     "loss": ["cross_entropy", "nll", "bce", "kl_div", "mse", "rmse", "mae", "huber", "hinge", "wgan_gp"],
-    "optim": ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw", "lbfgs", "dcgan"],
+    "optim": ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw", "lbfgs", "cg", "newton", "dcgan"],
     "sched": ["none", "step", "exponential", "cosine", "warmup_cosine", "plateau", "onecycle"],
     "init": ["default", "xavier_uniform", "kaiming_normal", "orthogonal", "normal"],
     "trainer": ["debug", "overfit"],

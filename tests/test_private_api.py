@@ -110,3 +110,33 @@ def test_cpython_runs_exit_handlers_on_demand():
     code = "import atexit, os\nfrom dltrain.private_api import run_exit_handlers\natexit.register(print, 'handler ran')\nrun_exit_handlers()\nos._exit(0)\n"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout == "handler ran\n", result.stderr
+
+
+def test_torch_strong_wolfe_is_the_line_search_of_cg_and_newton_and_the_fallback_converges(monkeypatch):
+    import torch
+    from torch.optim.lbfgs import _strong_wolfe
+
+    import dltrain.second_order as second_order
+
+    assert private_api.strong_wolfe() is _strong_wolfe
+    assert list(inspect.signature(_strong_wolfe).parameters)[:7] == ["obj_func", "x", "t", "d", "f", "g", "gtd"]
+    a = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=torch.float64)  # f(w) = w'Aw/2 - b'w, minimum A^-1 b
+    b = torch.tensor([1.0, -1.0], dtype=torch.float64)
+
+    def minimum(search) -> torch.Tensor:
+        monkeypatch.setattr(second_order, "strong_wolfe", lambda: search)
+        w = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+        opt = second_order.ConjugateGradient([w], max_iter=200, tolerance_grad=1e-10, tolerance_change=0.0)
+
+        def closure():
+            opt.zero_grad()
+            loss = 0.5 * w @ a @ w - b @ w
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        return w.detach()
+
+    expected = torch.linalg.solve(a, b)
+    for search in (_strong_wolfe, private_api.backtracking):
+        torch.testing.assert_close(minimum(search), expected, atol=1e-8, rtol=0)

@@ -49,7 +49,7 @@ class Phase:
 
     Most tasks have one phase; a GAN has two (discriminator "d" then generator "g"). `scaler` is a
     GradScaler, enabled only for trainer.precision=16 (disabled, each of its calls is a no-op);
-    `closure`: the optimizer re-evaluates the loss itself (L-BFGS); `clip_grad`: the largest
+    `closure`: the optimizer re-evaluates the loss itself (L-BFGS, CG, Newton); `clip_grad`: the largest
     global gradient norm allowed.
     """
 
@@ -215,7 +215,10 @@ def fit(
                     for _ in range(ph.repeat):
                         if ph.closure:  # quasi-Newton: the optimizer re-evaluates loss and gradient itself
 
-                            def step_closure(opt=opt, ph=ph, x=x, y=y, weight=weight) -> torch.Tensor:
+                            def step_closure(backward: bool = True, opt=opt, ph=ph, x=x, y=y, weight=weight) -> torch.Tensor:
+                                # backward=False: the loss with its graph, gradients untouched (Newton differentiates twice)
+                                if not backward:
+                                    return train_step(x, y, ph.name, weight)
                                 opt.zero_grad(set_to_none=True)
                                 loss = train_step(x, y, ph.name, weight)
                                 loss.backward()
