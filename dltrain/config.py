@@ -146,7 +146,7 @@ def validate(cfg: Mapping[str, Any]) -> RunSpec:
             section.monitor = task_cls.monitor
     _check_compatible(parts, reg, trainer, task, task_cls, data_entry, MODELS, LOSSES, OPTIMIZERS, REGULARIZERS)
     sweep = check_sweep(parse_dataclass(SweepConfig, cfg.get("sweep"), "sweep"), task_cls)
-    expected = check_expected(cfg.get("expected"), task_cls)
+    expected = check_expected(cfg.get("expected"), task_cls, grad_norms=trainer.log_grad_norms)
     if shift and data_entry.meta["kind"] != "image":
         raise ConfigError("data.shift", shift, f"data={data_entry.name} is {data_entry.meta['kind']} data, not images; allowed: 0")
     return RunSpec(seed=seed, task=task, reg=reg, trainer=trainer, batch_size=batch_size, shift=shift, sweep=sweep, expected=expected, **parts)

@@ -26,6 +26,7 @@ from dltrain.engine.checkpoint import LoopState, StopSignals, TrainingInterrupte
 from dltrain.engine.checkpoint import checkpoints as checkpoints_of
 from dltrain.engine.cpus import CpuLoad, command_started
 from dltrain.engine.device import autocast, check_precision, choose_threads, configure_backends, describe, seed_everything, select_device, set_threads
+from dltrain.engine.diagnostics import GradNorms
 from dltrain.engine.loader import TensorLoader
 from dltrain.engine.loggers import LOGGERS
 from dltrain.engine.loop import Phase, evaluate, fit
@@ -261,10 +262,11 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
 
     def warn(message: str) -> None:
         log.warning(message)
-        console.print(f"[yellow]warning:[/] {message}", highlight=False)
+        console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)  # one line, however wide
 
     progress = progress_display(console, trainer.progress if main else "none", trainer.max_epochs, len(train_loader), batch_size)
-    callbacks = [TaskEpochEnd(task, net, run.plots, warn), MetricsLog(run.append_metrics, loggers)] if main else []
+    grad_norms = GradNorms(model, [ph.optimizer for ph in phases], warn) if main and trainer.log_grad_norms else None
+    callbacks = [*([grad_norms] if grad_norms else []), TaskEpochEnd(task, net, run.plots, warn), MetricsLog(run.append_metrics, loggers)] if main else []
     callbacks += [c for c in (progress, EpochReport(on_epoch) if on_epoch else None) if c is not None]
     callbacks += test_hooks.from_env(val_loader)
     try:
@@ -283,6 +285,8 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
     finally:
         for logger in loggers:
             logger.close()
+        if grad_norms:
+            grad_norms.close()
     writer.close()
     if not main:
         return {}
@@ -321,10 +325,11 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
         "test": test,
         "test_ckpt": trainer.test_ckpt,
         "best": result.best,
-        "final": {k: v for k, v in result.history[-1].items() if k not in ("epoch", "step", "seconds")},
+        "final": {k: v for k, v in result.history[-1].items() if k not in ("epoch", "step", "seconds") and "/" not in k},  # not the per-layer norms
         "epochs": result.epochs,
         "steps": result.steps,
         **_iteration_counts(phases),
+        **(grad_norms.summary(result.history) if grad_norms else {}),
         "stopped_early": result.stopped_early,
         "train_seconds": round(result.train_seconds, 4),
         "compile_seconds": round(result.compile_seconds, 4),
@@ -367,10 +372,10 @@ def _time_first_step(optimizer: torch.optim.Optimizer, started: float) -> list[f
     seconds: list[float] = []
 
     def first(opt, args, kwargs) -> None:
-        seconds.append(time.monotonic() - started)
-        handle.remove()
+        if not seconds:  # stays registered: removing a hook while torch iterates over them fails beside other hooks
+            seconds.append(time.monotonic() - started)
 
-    handle = optimizer.register_step_post_hook(first)
+    optimizer.register_step_post_hook(first)
     return seconds
 
 

@@ -43,10 +43,11 @@ class Callback:
 
 
 def format_row(row: Mapping[str, Any]) -> str:
-    """An epoch's row as one line: `epoch 3  train_loss 0.1234  val_loss 0.1  ...`."""
+    """An epoch's row as one line: `epoch 3  train_loss 0.1234  val_loss 0.1  ...` (the per-layer
+    grad_norm/* and weight_norm/* columns stay in metrics.csv)."""
     parts = [f"epoch {row['epoch']}"]
     for k, v in row.items():
-        if k not in ("epoch", "step") and isinstance(v, float):
+        if k not in ("epoch", "step") and "/" not in k and isinstance(v, float):  # not the per-layer norms
             parts.append(f"{k} {v:.4g}")
     return "  ".join(parts)
 

@@ -66,7 +66,35 @@ def plot_history(history: Sequence[dict], folder: Path) -> list[Path]:
         path = folder / f"{name}.png"
         _save_png(fig, path)
         written.append(path)
+    if any(k.startswith("grad_norm/") for k in history[0]):
+        written.append(plot_grad_norms(history, folder / "grad_norms.png"))
     return written
+
+
+def plot_grad_norms(history: Sequence[dict], path: Path) -> Path:
+    """trainer.log_grad_norms: each layer's mean gradient norm and its weight norm per epoch, on
+    log axes, the first layer darkest (a vanishing gradient: the dark lines far below the light)."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    epochs = [row["epoch"] for row in history]
+    names = [k.removeprefix("grad_norm/") for k in history[0] if k.startswith("grad_norm/")]
+    colours = colormaps["viridis"]
+    fig = Figure(figsize=(9, 3.6), dpi=110)
+    for i, (prefix, title) in enumerate((("grad_norm/", "gradient norm (mean over the epoch's steps)"), ("weight_norm/", "weight norm (end of epoch)"))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for j, name in enumerate(names):
+            values = [row.get(prefix + name) for row in history]
+            ax.plot(epochs, [v if v and v > 0 else float("nan") for v in values], color=colours(j / max(1, len(names) - 1) * 0.9), label=name, marker="o" if len(epochs) < 30 else None, ms=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        if i == 1:
+            ax.legend(fontsize=6, ncol=1 + len(names) // 12, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    _save_png(fig, path)
+    return path
 
 
 class Drawing:

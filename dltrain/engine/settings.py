@@ -46,6 +46,7 @@ class TrainerConfig:
     threads: NonNegativeInt = 0  # CPU intra-op threads per process; 0: timed, at most the free cores (training.pick_threads)
     accumulate: PositiveInt = 1  # gradient accumulation: optimizer step every N batches
     clip_grad: Positive | None = None  # max global gradient norm
+    log_grad_norms: bool = False  # per-layer gradient and weight norms each epoch (metrics.csv, plots/grad_norms.png)
     deterministic: bool = False
     limit_train_batches: NonNegativeInt = 0  # 0: all
     limit_val_batches: NonNegativeInt = 0  # 0: all
