@@ -16,11 +16,11 @@ from typing import Annotated, Any, Literal
 from dltrain.engine.settings import CheckpointConfig, EarlyStopConfig, TrainerConfig
 from dltrain.errors import ConfigError, UserError, unknown_choice, unknown_key
 from dltrain.expectations import check_expected
-from dltrain.schema import NonNegativeInt, PositiveInt, Range, check_value, parse_dataclass
+from dltrain.schema import NonNegativeInt, Positive, PositiveInt, Range, check_value, parse_dataclass
 
 Seed = Annotated[int, Range(0, 2**32 - 1)]  # numpy's seeds are 32-bit
 
-__all__ = ["CheckpointConfig", "EarlyStopConfig", "RunSpec", "SweepConfig", "TrainerConfig", "check_sweep", "validate"]
+__all__ = ["CheckpointConfig", "DistillConfig", "EarlyStopConfig", "RunSpec", "SweepConfig", "TrainerConfig", "check_sweep", "validate"]
 
 @dataclass
 class SweepConfig:
@@ -29,6 +29,15 @@ class SweepConfig:
     objective: str = "auto"  # a validation metric, e.g. val_loss or val_accuracy; auto: the task's monitor
     direction: Literal["auto", "minimize", "maximize"] = "auto"  # auto: from the metric (accuracy, r2: maximize)
     resume: bool = False  # rerunning the same sweep command skips jobs that already finished
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation (Hinton et al. 2015): soft targets from a finished classification run."""
+
+    teacher: str | None = None  # the teacher's run directory (its best weights); null: no distillation
+    temperature: Positive = 4.0  # both models' logits are divided by T before the softmax
+    alpha: Annotated[float, Range(0, 1)] = 0.9  # the soft loss's weight (scaled by T^2); 1 - alpha: the hard labels' loss
 
 
 @dataclass
@@ -52,6 +61,7 @@ class RunSpec:
     sched_d: dict[str, Any] | None = None
     sweep: SweepConfig = field(default_factory=SweepConfig)
     expected: dict[str, dict[str, float]] = field(default_factory=dict)  # a recipe's metric bounds
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 def check_sweep(sweep: SweepConfig, task_cls) -> SweepConfig:
@@ -68,7 +78,7 @@ def check_sweep(sweep: SweepConfig, task_cls) -> SweepConfig:
 
 COMPONENT_SECTIONS = ("model", "data", "loss", "optim", "sched", "init", "logger")
 OPTIONAL_SECTIONS = ("optim_d", "sched_d")  # present only for models with a second optimizer
-TOP_LEVEL = (*COMPONENT_SECTIONS, *OPTIONAL_SECTIONS, "reg", "trainer", "seed", "task", "sweep", "expected")
+TOP_LEVEL = (*COMPONENT_SECTIONS, *OPTIONAL_SECTIONS, "reg", "trainer", "seed", "task", "sweep", "expected", "distill")
 
 
 def _component(registry, node: Any, key: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -146,10 +156,13 @@ def validate(cfg: Mapping[str, Any]) -> RunSpec:
             section.monitor = task_cls.monitor
     _check_compatible(parts, reg, trainer, task, task_cls, data_entry, MODELS, LOSSES, OPTIMIZERS, REGULARIZERS)
     sweep = check_sweep(parse_dataclass(SweepConfig, cfg.get("sweep"), "sweep"), task_cls)
-    expected = check_expected(cfg.get("expected"), task_cls, grad_norms=trainer.log_grad_norms)
+    distill = parse_dataclass(DistillConfig, cfg.get("distill"), "distill")
+    if distill.teacher is not None and task != "classification":
+        raise ConfigError("distill.teacher", distill.teacher, f"distillation matches class probabilities, and task {task} has none; allowed: null, or a classification run")
+    expected = check_expected(cfg.get("expected"), task_cls, grad_norms=trainer.log_grad_norms, averaged=bool(trainer.ema.decay or trainer.swa.start))
     if shift and data_entry.meta["kind"] != "image":
         raise ConfigError("data.shift", shift, f"data={data_entry.name} is {data_entry.meta['kind']} data, not images; allowed: 0")
-    return RunSpec(seed=seed, task=task, reg=reg, trainer=trainer, batch_size=batch_size, shift=shift, sweep=sweep, expected=expected, **parts)
+    return RunSpec(seed=seed, task=task, reg=reg, trainer=trainer, batch_size=batch_size, shift=shift, sweep=sweep, expected=expected, distill=distill, **parts)
 
 
 def _check_compatible(parts, reg, trainer, task, task_cls, data_entry, MODELS, LOSSES, OPTIMIZERS, REGULARIZERS) -> None:
@@ -194,7 +207,26 @@ def _check_compatible(parts, reg, trainer, task, task_cls, data_entry, MODELS, L
             raise ConfigError("trainer.compile", trainer.compile, f"optim={optim.name} differentiates the gradient again, which compiled graphs do not support; allowed: false")
         if trainer.precision != "32":
             raise ConfigError("trainer.precision", trainer.precision, f"optim={optim.name} solves with the Hessian, which needs full precision; allowed: 32")
+    _check_averaging(trainer, task, task_cls, optim)
     allowed = [f"val_{m}" for m in task_cls.metrics]
     for key, value in (("trainer.early_stop.monitor", trainer.early_stop.monitor), ("trainer.checkpoint.monitor", trainer.checkpoint.monitor)):
         if value not in allowed:
             raise unknown_choice(key, value, allowed)
+
+
+def _check_averaging(trainer, task, task_cls, optim) -> None:
+    """trainer.ema and trainer.swa: one at a time, on one optimizer and one process."""
+    ema, swa = trainer.ema.decay, trainer.swa.start
+    if not (ema or swa):
+        return
+    key, value = ("trainer.ema.decay", ema) if ema else ("trainer.swa.start", swa)
+    if ema and swa:
+        raise ConfigError("trainer.swa.start", swa, f"trainer.ema.decay={ema} already averages the weights; allowed: one of them (0 here, or trainer.ema.decay=0)")
+    if len(task_cls.phases) > 1:
+        raise ConfigError(key, value, f"task {task} alternates {len(task_cls.phases)} optimizers, whose weights are not averaged; allowed: 0")
+    if trainer.devices > 1:
+        raise ConfigError(key, value, f"weight averaging runs in one process, not on trainer.devices={trainer.devices} ranks; allowed: 0, or trainer.devices=1")
+    if swa > trainer.max_epochs:
+        raise ConfigError("trainer.swa.start", swa, f"comes after the last epoch (trainer.max_epochs={trainer.max_epochs}); allowed: 1 to {trainer.max_epochs}, or 0 (off)")
+    if trainer.swa.lr is not None and swa and optim.meta.get("closure"):
+        raise ConfigError("trainer.swa.lr", trainer.swa.lr, f"optim={optim.name} sets its own step lengths by line search; allowed: null")

@@ -21,6 +21,7 @@ from dltrain import plugins
 from dltrain.config import RunSpec, validate
 from dltrain.data import DATASETS, DataBundle, Split
 from dltrain.engine import distributed, test_hooks
+from dltrain.engine.averaging import SwaSchedule, WeightAverage
 from dltrain.engine.callbacks import EpochReport, MetricsLog, TaskEpochEnd
 from dltrain.engine.checkpoint import LoopState, StopSignals, TrainingInterrupted, config_hash, restore, snapshot, threads_of
 from dltrain.engine.checkpoint import checkpoints as checkpoints_of
@@ -42,6 +43,7 @@ from dltrain.models.layers import INITS, count_parameters
 from dltrain.optim import OPTIMIZERS, build_schedule
 from dltrain.regularization import Regularizer, WeightPenalty, build_regularizers
 from dltrain.tasks import TASKS
+from dltrain.tasks.distill import Distillation
 
 # The module each data-parallel rank runs (`python -m dltrain.rank CONFIG RUN_DIR`).
 RANK_ENTRY = "dltrain.rank"
@@ -80,6 +82,58 @@ def build(spec: RunSpec, device: torch.device) -> Built:
     channels_last = device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
     model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     return Built(spec, device, data, task, model, regs, channels_last)
+
+
+# data keys a teacher and its student may set differently: how batches are drawn, not which examples are in which split
+SPLIT_FREE_KEYS = ("batch_size", "shift", "download")
+
+
+def load_teacher(spec: RunSpec, data: DataBundle, device: torch.device) -> tuple[nn.Module, dict]:
+    """distill.teacher's model with its best weights (safetensors: nothing is unpickled), frozen
+    on `device`, and its summary. It must be a classification run on the same data and split
+    (else its training examples could be this run's validation or test examples), for as many
+    classes; its config names only registered components, like any other."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from dltrain.engine.rundir import load_weights
+
+    path = Path(spec.distill.teacher)
+    where = f"distill.teacher={spec.distill.teacher}"
+    if not path.is_dir():
+        raise UserError(f"{where}: no such run directory; allowed: the directory of a finished classification run")
+    weights = path / "checkpoints" / "best.safetensors"
+    if not (path / "config.yaml").is_file() or not weights.is_file():
+        raise UserError(f"{where}: not a finished dltrain run (it needs config.yaml and checkpoints/best.safetensors)")
+    plugins.check_record(path)
+    try:
+        teacher = validate(OmegaConf.load(path / "config.yaml"))
+    except UserError as e:
+        raise UserError(f"{where}: its config.yaml does not validate: {e}") from None
+    if teacher.task != "classification":
+        raise UserError(f"{where}: that run trains task {teacher.task}; allowed: a classification run")
+    for key in sorted(set(spec.data) | set(teacher.data)):
+        mine, theirs = spec.data.get(key), teacher.data.get(key)
+        if key == "root" and isinstance(mine, str) and isinstance(theirs, str):
+            mine, theirs = (str(Path(v).expanduser().resolve()) for v in (mine, theirs))
+        if key not in SPLIT_FREE_KEYS and mine != theirs:
+            raise UserError(
+                f"{where}: the teacher was trained with data.{key}={teacher.data.get(key)}, this run has data.{key}={spec.data.get(key)}; "
+                f"allowed: a teacher trained on the same data and split (its training examples must not be this run's validation or test examples)"
+            )
+    regs = build_regularizers(teacher.reg).values()
+    model_cfg = {**teacher.model, **{k: v for r in regs for k, v in r.model.items()}}
+    task_cls = TASKS.get(teacher.task).fn
+    model: nn.Module = MODELS.build(model_cfg, key="model", in_shape=data.in_shape, out_features=task_cls.out_features(data))
+    try:
+        model.load_state_dict(load_weights(weights))
+    except RuntimeError as e:
+        raise UserError(f"{where}: {weights} does not fit its model={teacher.model['name']}: {str(e).splitlines()[0]}") from None
+    summary_path = path / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    log.info("distilling from %s (model=%s, test %s)", path, teacher.model["name"], summary.get("test"))
+    return model.to(device).eval(), summary
 
 
 def check_data(data: DataBundle, spec: RunSpec) -> None:
@@ -193,6 +247,10 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
     if ranks.enabled and device.type == "cuda":  # batch statistics over the whole batch (CPU ranks: per rank)
         built.model = nn.SyncBatchNorm.convert_sync_batchnorm(built.model)
     data, task, model, regs, channels_last = built.data, built.task, built.model, built.regs, built.channels_last
+    teacher_summary = None
+    if spec.distill.teacher is not None:  # before anything is written: a wrong teacher is one line
+        teacher, teacher_summary = load_teacher(spec, data, device)
+        task = built.task = Distillation(task, teacher, spec.distill.temperature, spec.distill.alpha)
     needs_closure = bool(OPTIMIZERS.get(spec.optim["name"]).meta.get("closure"))
     if needs_closure and ranks.enabled:
         raise ConfigError("optim", spec.optim["name"], f"its line search differs per rank and cannot run on {ranks.world} ranks; allowed: an optimizer without a closure, or one rank")
@@ -222,6 +280,7 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
         threads = pick_threads(threads, load, task, model, train_split, batch_size, phases[0].name, device, trainer.precision)
         probe_seconds = time.perf_counter() - t0
     first_step = _time_first_step(phases[0].optimizer, started if started is not None else time.monotonic())
+    average = build_average(trainer, task, model, phases[0], train_loader, device)
     net = torch.compile(model, mode=None if trainer.compile_mode == "default" else trainer.compile_mode) if trainer.compile else model
 
     main = ranks.main  # only rank 0 writes the run directory
@@ -238,6 +297,12 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
         if main:
             run.restart_metrics(start.history)
         log.info("resuming from %s: epoch %d, batch %d, step %d", resume[0], start.epoch, start.batch, start.step)
+        if average is not None and start.average is not None:
+            average.load_state_dict(start.average)
+        elif average is not None:
+            log.warning("resume: checkpoint %s holds no averaged weights (resume.force): the %s average starts from here", resume[0], average.kind.upper())
+    if average is not None:
+        average.attach(phases[0].optimizer)
 
     # Periodic checkpoints go to a writer process started now; a run with only time-based, final
     # and interrupt checkpoints (the default) takes a few at most, written in the loop (~10 ms each).
@@ -274,7 +339,7 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
             result = fit(
                 net, task, phases, (train_loader, val_loader), trainer, device=device, ranks=ranks,
                 penalty=penalty if penalty else None, weights=model.state_dict, callbacks=callbacks,
-                save_checkpoint=save_checkpoint, start=start, stop=stop,
+                save_checkpoint=save_checkpoint, start=start, stop=stop, average=average,
             )
     except (TrainingInterrupted, UserError):
         writer.close()  # the interrupt's checkpoint must be committed (or its error reported) before exiting
@@ -287,6 +352,8 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
             logger.close()
         if grad_norms:
             grad_norms.close()
+        if average is not None:
+            average.detach()
     writer.close()
     if not main:
         return {}
@@ -300,11 +367,20 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
             raise TrainingInterrupted(stop.received, last_checkpoint[0] if last_checkpoint else None, f"during {stage}")
 
     last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    averaging: dict[str, Any] = {}
+    if average is not None:  # the averaged weights are the run's: saved and tested; the last trained ones are tested too
+        averaging = {"averaging": average.describe()}
+        if average.updates:
+            averaging["test_unaveraged"] = evaluate(net, task, test_loader, device, trainer.precision, split="test")
+            averaging["averaging"]["unaveraged_weights_sha256"] = weights_sha256(last_state)
+            last_state = {k: v.detach().clone() for k, v in average.weights().items()}
+            stopped_here("the final test")
+        else:
+            warn(f"trainer.swa.start={average.start} was never reached (the run stopped after epoch {result.epochs}): its weights are not averaged")
     run.save_weights("last", last_state, {"epoch": result.epochs, "step": result.steps})
     best_state = result.best_state or last_state
     run.save_weights("best", best_state, {"epoch": result.best["epoch"] or result.epochs})
-    if trainer.test_ckpt == "best":
-        model.load_state_dict(best_state)
+    model.load_state_dict(best_state if trainer.test_ckpt == "best" else last_state)
     test_hooks.at("test")
     t0 = time.perf_counter()
     test = evaluate(net, task, test_loader, device, trainer.precision, split="test")
@@ -324,6 +400,8 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
         "data": data.name,
         "test": test,
         "test_ckpt": trainer.test_ckpt,
+        **averaging,
+        **({"distill": {"teacher": spec.distill.teacher, "temperature": spec.distill.temperature, "alpha": spec.distill.alpha, "teacher_test": (teacher_summary or {}).get("test")}} if spec.distill.teacher is not None else {}),
         "best": result.best,
         "final": {k: v for k, v in result.history[-1].items() if k not in ("epoch", "step", "seconds") and "/" not in k},  # not the per-layer norms
         "epochs": result.epochs,
@@ -354,6 +432,28 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
     }
     run.write_summary(summary)
     return summary
+
+
+def build_average(trainer, task, model: nn.Module, phase: Phase, train_loader: TensorLoader, device: torch.device) -> WeightAverage | None:
+    """trainer.ema / trainer.swa's averaged copy of `model` (None when both are off); with
+    trainer.swa.lr, `phase`'s schedule becomes SWALR after epoch trainer.swa.start."""
+    ema, swa = trainer.ema, trainer.swa
+    if not (ema.decay or swa.start):
+        return None
+    if ema.decay:
+        return WeightAverage(model, "ema", decay=ema.decay)
+
+    def forward(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+        with autocast(device, trainer.precision):
+            task.step_loss(module, x, y, phase.name)
+
+    # batch-norm statistics over the training data (already where the run's loader keeps it) in a
+    # fixed order and without augmentation: the run's loader and its generator stay untouched
+    tl = train_loader
+    bn_loader = TensorLoader(tl.x, tl.y, tl.batch_size, device=device, limit_batches=trainer.limit_train_batches, drop_last=len(tl.x) % tl.batch_size == 1)
+    if swa.lr is not None:
+        phase.schedule = SwaSchedule(phase.schedule, phase.optimizer, swa.start, swa.lr, swa.anneal_epochs, swa.anneal_strategy)
+    return WeightAverage(model, "swa", start=swa.start, bn_update=swa.bn_update, forward=forward, bn_batches=lambda: iter(bn_loader))
 
 
 def _iteration_counts(phases) -> dict:

@@ -6,8 +6,8 @@ One directory per checkpoint, named by the optimizer step it was taken after:
         model.safetensors   the model's weights (uncompiled names: no `_orig_mod.`)
         best.safetensors    the best weights so far by trainer.checkpoint.monitor (once there are any)
         state.safetensors   every tensor of the optimizers, schedulers and grad scalers, the RNG
-                            states (torch CPU/CUDA, numpy, the loader's generator) and the epoch's
-                            data permutation
+                            states (torch CPU/CUDA, numpy, the loader's generator), the epoch's
+                            data permutation and (trainer.ema / trainer.swa) the averaged weights
         state.json          epoch, step, position in the epoch, running loss sums, best and
                             early-stopping state, python's RNG, the task's small state, history,
                             and the structure of the state above ("blob": JSON whose tensors are
@@ -122,6 +122,7 @@ class LoopState:
     order: torch.Tensor | None = None  # the epoch's data permutation
     best_state: dict[str, torch.Tensor] | None = None
     rank_rng: list[torch.Tensor] | None = None  # data-parallel runs: every rank's torch RNG state
+    average: dict[str, torch.Tensor] | None = None  # trainer.ema / trainer.swa: the averaged model's state (weights, n_averaged)
 
 
 def rng_state(generator: torch.Generator | None) -> dict[str, Any]:
@@ -171,6 +172,7 @@ def snapshot(loop: LoopState, model_state: Mapping[str, torch.Tensor], phases, g
         "order": loop.order,
         "losses": loop.losses,
         **({"rank_rng": loop.rank_rng} if loop.rank_rng is not None else {}),
+        **({"average": loop.average} if loop.average is not None else {}),
     }
     state = {
         "format": CHECKPOINT_FORMAT,
@@ -440,7 +442,7 @@ def decode(path: Path, files: Mapping[str, bytes]) -> tuple[LoopState, dict[str,
         epoch=state["epoch"], batch=state["batch"], epoch_done=state["epoch_done"], step=state["step"],
         losses=blob["losses"] if "losses" in blob else state["losses"], best=state["best"], stop_best=state["stop_best"], bad_epochs=state["bad_epochs"],
         history=state["history"], train_seconds=state.get("train_seconds", 0.0), task=state["task"], order=blob.get("order"), best_state=best,
-        rank_rng=blob.get("rank_rng"),
+        rank_rng=blob.get("rank_rng"), average=blob.get("average"),
     )
     return loop, model, blob, state
 

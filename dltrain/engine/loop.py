@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from dltrain.engine import distributed
+from dltrain.engine.averaging import WeightAverage
 from dltrain.engine.callbacks import Callback, per_step
 from dltrain.engine.checkpoint import LoopState, NonFiniteWeights, StopSignals, TrainingInterrupted, _task_state, load_task_state
 from dltrain.engine.device import autocast
@@ -106,6 +107,7 @@ def fit(
     save_checkpoint: Callable[[LoopState, Mapping[str, torch.Tensor]], Path] | None = None,
     start: LoopState | None = None,
     stop: StopSignals | None = None,
+    average: WeightAverage | None = None,
 ) -> FitResult:
     """Train `model` on `loaders` (train, val) for trainer.max_epochs, or until early stopping.
 
@@ -118,7 +120,10 @@ def fit(
     own). Checkpoints are taken every_n_steps, every_n_epochs, at an epoch end when the last one
     is older than every_n_minutes, after the last epoch (when any of them is on), and on a signal.
     With several `ranks`, DDP wraps the training step, each rank trains on its shard of every
-    batch and the training loss is averaged over ranks.
+    batch and the training loss is averaged over ranks. With an `average` (trainer.ema,
+    trainer.swa), the averaged weights are validated, kept as best and checkpointed once they
+    stand for the model (EMA: always; SWA: from its first averaged epoch, and from then on only
+    averaged epochs compete for best).
     """
     train_loader, val_loader = loaders
     accumulate, closure = trainer.accumulate, any(ph.closure for ph in phases)
@@ -176,6 +181,7 @@ def fit(
             epoch=epoch, batch=batch, epoch_done=done, step=step, losses=None if done else distributed.mean_over_ranks(losses, ranks), best=best,
             stop_best=stop_best, bad_epochs=bad_epochs, history=history, train_seconds=elapsed + time.perf_counter() - t_start - compile_seconds,
             task=_task_state(task), order=train_loader.order, best_state=best_state,
+            average=average.state_dict() if average is not None else None,
         )
         try:
             saved_at[0] = time.monotonic()
@@ -276,10 +282,13 @@ def fit(
                         f"training diverged: {name}={value} in epoch {epoch} (step {step}); "
                         f"lower optim.lr, add reg=grad_clip, or use trainer.precision=32"
                     )
+            if average is not None:
+                average.end_epoch(epoch)  # SWA: this epoch's weights into the mean
+            averaged = average is not None and average.active(epoch)
             for cb in callbacks:
                 cb.on_validation_start(epoch)
             t_eval = time.perf_counter()
-            val = evaluate(model, task, val_loader, device, trainer.precision, ranks=ranks)
+            val = evaluate(average.module if averaged else model, task, val_loader, device, trainer.precision, ranks=ranks)
             if first_eval:
                 compile_seconds, first_eval = compile_seconds + _seconds_since(t_eval, device), False
             row = {"epoch": epoch, "step": step, **dict(zip(loss_names, train_losses, strict=True)), **{f"val_{k}": v for k, v in val.items()}}
@@ -291,9 +300,11 @@ def fit(
             for cb in callbacks:  # metrics.csv, loggers, the task's grids, the display; a sweep's pruning may raise
                 cb.on_epoch_end(row)
 
+            if averaged and average.kind == "swa" and epoch == average.start:  # from here on only averaged weights compete
+                best = {"epoch": 0, monitor: math.inf if task.mode(monitor) == "min" else -math.inf}
             if _better(row[monitor], best[monitor], task.mode(monitor)):
                 best = {"epoch": epoch, **{k: v for k, v in row.items() if k.startswith("val_")}}
-                best_state = {k: v.detach().clone() for k, v in weights().items()}
+                best_state = {k: v.detach().clone() for k, v in (average.weights() if averaged else weights()).items()}
             if patience:
                 if _better(row[stop_monitor], stop_best, task.mode(stop_monitor), trainer.early_stop.min_delta):
                     stop_best, bad_epochs = row[stop_monitor], 0

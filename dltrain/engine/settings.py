@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from dltrain.schema import NonNegative, NonNegativeInt, Pattern, Positive, PositiveInt
+from dltrain.schema import NonNegative, NonNegativeInt, Pattern, Positive, PositiveInt, Probability
 
 Device = Annotated[str, Pattern(r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, cuda, cuda:N or mps")]
 Precision = Literal["32", "bf16", "16"]
@@ -31,6 +31,20 @@ class CheckpointConfig:
     every_n_minutes: NonNegative = 5.0  # also one at an epoch end when the last is older than this; 0: none. With any of these on, one after the last epoch too
     keep_last: NonNegativeInt = 2  # full checkpoints kept (the newest); 0: keep all
     writer: Literal["process", "thread", "sync"] = "process"  # who writes them while training goes on (engine/writer.py)
+
+
+@dataclass
+class EmaConfig:
+    decay: Probability = 0.0  # an exponential moving average of the weights after every optimizer step; 0 turns it off
+
+
+@dataclass
+class SwaConfig:
+    start: NonNegativeInt = 0  # stochastic weight averaging: the first epoch whose end-of-epoch weights are averaged; 0 turns it off
+    lr: Positive | None = None  # the SWA learning rate SWALR anneals to from the epoch after `start`; null: the base schedule goes on
+    anneal_epochs: NonNegativeInt = 5  # epochs SWALR takes to reach `lr`
+    anneal_strategy: Literal["cos", "linear"] = "cos"
+    bn_update: bool = True  # recompute batch-norm statistics for the averaged weights (one pass over the training data)
 
 
 @dataclass
@@ -56,6 +70,8 @@ class TrainerConfig:
     test_ckpt: Literal["best", "last"] = "best"
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    swa: SwaConfig = field(default_factory=SwaConfig)
     resume: str | None = None  # auto: the newest valid checkpoint of this config; or a run dir / checkpoint dir
     resume_force: bool = False  # resume even if the config changed (`dltrain resume=DIR resume.force=true`)
     nan: Literal["stop", "skip"] = "stop"  # a non-finite loss: stop naming the step, or skip the update
