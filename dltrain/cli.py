@@ -51,6 +51,7 @@ VERBS = {
     for v in [
         Verb("train", "train a model (the default verb): dltrain [train] [overrides...]; continue a stopped run: dltrain resume=RUN_DIR [resume.force=true]", "dltrain.cli", "train_command"),
         Verb("ls", "list registered components: dltrain ls [GROUP] [PATTERN]", "dltrain.cli", "list_components"),
+        Verb("cv", "k-fold cross-validation, one run per fold (a sweep: launcher=joblib runs them in parallel): dltrain cv [k=5] [overrides...]; dltrain cv summarize DIR", "dltrain.cli", "cv_command"),
         Verb("sweep", "re-create a sweep's sweep.csv, best.yaml, sweep.png and table: dltrain sweep summarize DIR [objective=val_accuracy] [direction=maximize]", "dltrain.sweeps", "summarize_command"),
         Verb("recipes", "pinned experiments: dltrain recipes [--dir DIR] | recipes show NAME | recipes cp NAME PATH; run one: dltrain recipe=NAME (yours: recipe=DIR/NAME.yaml)", "dltrain.recipe", "recipes_command"),
         Verb("verify", "run recipes and check their expected metrics (exit 1 on a miss): dltrain verify NAME...|all [overrides...]", "dltrain.recipe", "verify_command"),
@@ -170,6 +171,20 @@ def train_command(argv: list[str]) -> int:
             return 0
         finally:
             stop_plot_process()
+
+
+def cv_command(argv: list[str]) -> int:
+    """`dltrain cv [k=N] [overrides]`: the folds as a sweep (its summary adds cv.csv, cv.json, cv.png)."""
+    from dltrain.crossval import cv_argv, cv_summarize_command
+    from dltrain.errors import UserError
+
+    try:
+        if argv[:1] == ["summarize"]:
+            return cv_summarize_command(argv[1:])
+        argv = cv_argv(argv)
+    except UserError as e:
+        return fail(str(e))
+    return train_command(argv)
 
 
 def _checked_argv(argv: list[str], multirun: bool, inspect_only: bool, single_run) -> list[str]:

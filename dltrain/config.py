@@ -20,7 +20,7 @@ from dltrain.schema import NonNegativeInt, Positive, PositiveInt, Range, check_v
 
 Seed = Annotated[int, Range(0, 2**32 - 1)]  # numpy's seeds are 32-bit
 
-__all__ = ["CheckpointConfig", "DistillConfig", "EarlyStopConfig", "RunSpec", "SweepConfig", "TrainerConfig", "check_sweep", "validate"]
+__all__ = ["CheckpointConfig", "CvConfig", "DistillConfig", "EarlyStopConfig", "RunSpec", "SweepConfig", "TrainerConfig", "check_sweep", "validate"]
 
 @dataclass
 class SweepConfig:
@@ -38,6 +38,14 @@ class DistillConfig:
     teacher: str | None = None  # the teacher's run directory (its best weights); null: no distillation
     temperature: Positive = 4.0  # both models' logits are divided by T before the softmax
     alpha: Annotated[float, Range(0, 1)] = 0.9  # the soft loss's weight (scaled by T^2); 1 - alpha: the hard labels' loss
+
+
+@dataclass
+class CvConfig:
+    """k-fold cross-validation (`dltrain cv k=5` runs every fold): this run's fold."""
+
+    k: NonNegativeInt = 0  # folds of the training and validation examples together; 0: the data's own split
+    fold: NonNegativeInt = 0  # which of them validates (0 to k-1); the other k-1 train
 
 
 @dataclass
@@ -62,23 +70,27 @@ class RunSpec:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     expected: dict[str, dict[str, float]] = field(default_factory=dict)  # a recipe's metric bounds
     distill: DistillConfig = field(default_factory=DistillConfig)
+    cv: CvConfig = field(default_factory=CvConfig)
 
 
-def check_sweep(sweep: SweepConfig, task_cls) -> SweepConfig:
-    """Resolve `sweep.objective`/`direction` "auto" for the task and check the objective is one of its metrics."""
-    allowed = [f"val_{m}" for m in task_cls.metrics]
+def check_sweep(sweep: SweepConfig, task_cls, cv_k: int = 0) -> SweepConfig:
+    """Resolve `sweep.objective`/`direction` "auto" for the task and check the objective is one of
+    its metrics: a validation metric, or with cv.k=K its mean over K folds (cv_val_*)."""
+    allowed = [f"val_{m}" for m in task_cls.metrics] + [f"cv_val_{m}" for m in task_cls.metrics]
     if sweep.objective == "auto":
         sweep.objective = task_cls.monitor
     if sweep.objective not in allowed:
         raise unknown_choice("sweep.objective", sweep.objective, allowed)
+    if sweep.objective.startswith("cv_") and cv_k < 2:
+        raise ConfigError("sweep.objective", sweep.objective, "the mean over cross-validation folds needs cv.k=K (2 or more: each job then trains K folds); allowed: " + ", ".join(a for a in allowed if not a.startswith("cv_")) + ", or set cv.k")
     if sweep.direction == "auto":
-        sweep.direction = "maximize" if sweep.objective.removeprefix("val_") in task_cls.higher_is_better else "minimize"
+        sweep.direction = "maximize" if sweep.objective.removeprefix("cv_").removeprefix("val_") in task_cls.higher_is_better else "minimize"
     return sweep
 
 
 COMPONENT_SECTIONS = ("model", "data", "loss", "optim", "sched", "init", "logger")
 OPTIONAL_SECTIONS = ("optim_d", "sched_d")  # present only for models with a second optimizer
-TOP_LEVEL = (*COMPONENT_SECTIONS, *OPTIONAL_SECTIONS, "reg", "trainer", "seed", "task", "sweep", "expected", "distill")
+TOP_LEVEL = (*COMPONENT_SECTIONS, *OPTIONAL_SECTIONS, "reg", "trainer", "seed", "task", "sweep", "expected", "distill", "cv")
 
 
 def _component(registry, node: Any, key: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -155,14 +167,21 @@ def validate(cfg: Mapping[str, Any]) -> RunSpec:
         if section.monitor == "auto":
             section.monitor = task_cls.monitor
     _check_compatible(parts, reg, trainer, task, task_cls, data_entry, MODELS, LOSSES, OPTIMIZERS, REGULARIZERS)
-    sweep = check_sweep(parse_dataclass(SweepConfig, cfg.get("sweep"), "sweep"), task_cls)
     distill = parse_dataclass(DistillConfig, cfg.get("distill"), "distill")
+    cv = parse_dataclass(CvConfig, cfg.get("cv"), "cv")
+    sweep = check_sweep(parse_dataclass(SweepConfig, cfg.get("sweep"), "sweep"), task_cls, cv.k)
+    if cv.k == 1:
+        raise ConfigError("cv.k", cv.k, "one fold leaves nothing to validate on; allowed: 0 (the data's own split) or 2 and more")
+    if cv.fold >= max(cv.k, 1):
+        raise ConfigError("cv.fold", cv.fold, f"allowed: 0 to {cv.k - 1} (cv.k={cv.k})" if cv.k else "allowed: 0 (cv.k=0: no folds)")
+    if cv.k and data_entry.meta["task"] == "forecasting":
+        raise ConfigError("cv.k", cv.k, f"k-fold cross-validation would mix data={data_entry.name}'s future into its past; allowed: 0")
     if distill.teacher is not None and task != "classification":
         raise ConfigError("distill.teacher", distill.teacher, f"distillation matches class probabilities, and task {task} has none; allowed: null, or a classification run")
     expected = check_expected(cfg.get("expected"), task_cls, grad_norms=trainer.log_grad_norms, averaged=bool(trainer.ema.decay or trainer.swa.start))
     if shift and data_entry.meta["kind"] != "image":
         raise ConfigError("data.shift", shift, f"data={data_entry.name} is {data_entry.meta['kind']} data, not images; allowed: 0")
-    return RunSpec(seed=seed, task=task, reg=reg, trainer=trainer, batch_size=batch_size, shift=shift, sweep=sweep, expected=expected, distill=distill, **parts)
+    return RunSpec(seed=seed, task=task, reg=reg, trainer=trainer, batch_size=batch_size, shift=shift, sweep=sweep, expected=expected, distill=distill, cv=cv, **parts)
 
 
 def _check_compatible(parts, reg, trainer, task, task_cls, data_entry, MODELS, LOSSES, OPTIMIZERS, REGULARIZERS) -> None:

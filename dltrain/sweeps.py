@@ -217,15 +217,19 @@ def run_job(cfg, hc, console) -> float | None:
         spec = validate(cfg)
         record.update(objective_name=spec.sweep.objective, direction=spec.sweep.direction)
         trial = job_trial(hc)
-        on_epoch = epoch_reporter(trial, spec.sweep.objective) if trial is not None else None
-        summary = _train(cfg, run_dir, console, on_epoch)
+        if spec.sweep.objective.startswith("cv_"):  # every fold of this configuration, then their mean
+            summary = _train_folds(cfg, run_dir, console, spec.cv.k)
+        else:
+            on_epoch = epoch_reporter(trial, spec.sweep.objective) if trial is not None else None
+            summary = _train(cfg, run_dir, console, on_epoch)
         value = summary["best"].get(spec.sweep.objective)
         if value is None or not math.isfinite(value):
             raise UserError(f"objective {spec.sweep.objective}={value} is not a finite number")
         record.update(status="completed", objective=value)
         from dltrain.runs import print_summary
 
-        print_summary(console, summary, str(run_dir))
+        if "cv" not in summary:  # a cv job printed its folds' table
+            print_summary(console, summary, str(run_dir))
     except KeyboardInterrupt:
         raise
     except Exception as e:  # noqa: BLE001  (recorded: the sweep goes on)
@@ -259,6 +263,30 @@ def _train(cfg, run_dir: Path, console, on_epoch):
     from dltrain.training import train
 
     return train(cfg, run_dir, console, config_yaml=OmegaConf.to_yaml(cfg, resolve=True), on_epoch=on_epoch)
+
+
+def _train_folds(cfg, run_dir: Path, console, k: int) -> dict:
+    """sweep.objective=cv_*: train folds 0..k-1 of this job's configuration one after the other
+    into RUN_DIR/fold-I, summarise them (cv.csv, cv.json, cv.png in the job's directory) and
+    return a summary whose `best` holds the folds' mean validation metrics (cv_val_*) and whose
+    `test` holds the mean test metrics."""
+    from omegaconf import open_dict
+
+    from dltrain.crossval import summarize_cv
+
+    for fold in range(k):
+        fold_cfg = cfg.copy()
+        with open_dict(fold_cfg):
+            fold_cfg.cv.fold = fold
+        _train(fold_cfg, run_dir / f"fold-{fold}", console, None)
+    result = summarize_cv(run_dir, console) or {"mean": {}}
+    mean = result["mean"]
+    return {
+        "best": {f"cv_{m}": v for m, v in mean.items() if m.startswith("val_")},
+        "test": {m.removeprefix("test_"): v for m, v in mean.items() if m.startswith("test_")},
+        "train_seconds": 0.0,
+        "cv": {"k": k, "folds": [f["run_dir"] for f in result.get("folds", [])]},
+    }
 
 
 def one_line(e: BaseException) -> str:
@@ -355,7 +383,7 @@ def collect(sweep_dir: Path, objective: str | None = None, direction: str | None
                 overrides = _without_resume(yaml.safe_load((p / ".hydra" / "overrides.yaml").read_text()) or [])
             except (OSError, yaml.YAMLError):
                 overrides = []
-        summary = _read_json(p / "summary.json")
+        summary = _read_json(p / "summary.json") or _cv_summary(p)
         if summary and summary.get("task"):
             tasks.add(summary["task"])
         status = record.get("status") or ("completed" if summary else "incomplete")
@@ -390,6 +418,15 @@ def collect(sweep_dir: Path, objective: str | None = None, direction: str | None
     return SweepResult(sweep_dir, objective, direction, jobs, _swept(jobs))
 
 
+def _cv_summary(job_dir: Path) -> dict | None:
+    """A cv_* objective's job: its folds' mean metrics (cv.json) as a summary's best and test."""
+    report = _read_json(job_dir / "cv.json")
+    if not report or not report.get("completed"):
+        return None
+    mean = report.get("mean") or {}
+    return {"best": {f"cv_{m}": v for m, v in mean.items() if m.startswith("val_")}, "test": {m.removeprefix("test_"): v for m, v in mean.items() if m.startswith("test_")}}
+
+
 def _natural_direction(objective: str, tasks: set[str]) -> str:
     """maximize for metrics where higher is better (accuracy, r2, ...) in the sweep's task, else minimize."""
     better = {"accuracy", "r2"}
@@ -400,7 +437,7 @@ def _natural_direction(objective: str, tasks: set[str]) -> str:
             better |= set(TASKS.get(task).fn.higher_is_better)
     except Exception:  # noqa: BLE001  (an unknown task in an old sweep: keep the defaults)
         pass
-    return "maximize" if objective.removeprefix("val_").removeprefix("test_") in better else "minimize"
+    return "maximize" if objective.removeprefix("cv_").removeprefix("val_").removeprefix("test_") in better else "minimize"
 
 
 def _configured(sweep_dir: Path, key: str) -> str | None:
@@ -443,7 +480,7 @@ def summarize(sweep_dir: str | Path, objective: str | None = None, direction: st
 
 def _metric_columns(result: SweepResult) -> list[str]:
     names = {k for j in result.jobs for k in j.metrics}
-    val = sorted(k for k in names if k.startswith("val_") and k != result.objective)
+    val = sorted(k for k in names if k.startswith(("val_", "cv_val_")) and k != result.objective)
     test = sorted(k for k in names if k.startswith("test_"))
     return [result.objective, *val, *test]
 
@@ -627,6 +664,15 @@ class SweepSummary(Callback):
         from rich.console import Console
 
         objective = OmegaConf.select(config, "sweep.objective", default=None)
+        if OmegaConf.select(config, "cv.k", default=0) and not str(objective).startswith("cv_"):  # `dltrain cv`: the folds' mean and spread, not a best job
+            from dltrain.crossval import summarize_cv
+
+            try:
+                summarize_cv(str(config.hydra.sweep.dir), Console(stderr=True))
+            except UserError as e:
+                log.error("cv summary: %s", e)
+                Console(stderr=True).print(f"[red]cv summary:[/] {e}", highlight=False)
+            return
         direction = OmegaConf.select(config, "sweep.direction", default=None)
         try:
             summarize(

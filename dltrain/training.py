@@ -20,6 +20,7 @@ import dltrain
 from dltrain import plugins
 from dltrain.config import RunSpec, validate
 from dltrain.data import DATASETS, DataBundle, Split
+from dltrain.data.base import fold_split
 from dltrain.engine import distributed, test_hooks
 from dltrain.engine.averaging import SwaSchedule, WeightAverage
 from dltrain.engine.callbacks import EpochReport, MetricsLog, TaskEpochEnd
@@ -69,6 +70,8 @@ class Built:
 def build(spec: RunSpec, device: torch.device) -> Built:
     """Data, task, model (initialised, on `device`) and regularizers for `spec`."""
     data = DATASETS.build(spec.data, key="data")
+    if spec.cv.k:
+        data = fold_split(data, spec.cv.k, spec.cv.fold, seed=int(spec.data.get("split_seed", spec.seed)))
     check_data(data, spec)
     regs = list(build_regularizers(spec.reg).values())
     model_cfg = {**spec.model, **{k: v for r in regs for k, v in r.model.items()}}
@@ -122,6 +125,8 @@ def load_teacher(spec: RunSpec, data: DataBundle, device: torch.device) -> tuple
                 f"{where}: the teacher was trained with data.{key}={teacher.data.get(key)}, this run has data.{key}={spec.data.get(key)}; "
                 f"allowed: a teacher trained on the same data and split (its training examples must not be this run's validation or test examples)"
             )
+    if (teacher.cv.k, teacher.cv.fold) != (spec.cv.k, spec.cv.fold):
+        raise UserError(f"{where}: the teacher was trained on cv fold {teacher.cv.fold} of {teacher.cv.k}, this run is fold {spec.cv.fold} of {spec.cv.k}; allowed: a teacher trained on the same fold")
     regs = build_regularizers(teacher.reg).values()
     model_cfg = {**teacher.model, **{k: v for r in regs for k, v in r.model.items()}}
     task_cls = TASKS.get(teacher.task).fn
@@ -401,6 +406,7 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
         "test": test,
         "test_ckpt": trainer.test_ckpt,
         **averaging,
+        **({"cv": {"k": spec.cv.k, "fold": spec.cv.fold}} if spec.cv.k else {}),
         **({"distill": {"teacher": spec.distill.teacher, "temperature": spec.distill.temperature, "alpha": spec.distill.alpha, "teacher_test": (teacher_summary or {}).get("test")}} if spec.distill.teacher is not None else {}),
         "best": result.best,
         "final": {k: v for k, v in result.history[-1].items() if k not in ("epoch", "step", "seconds") and "/" not in k},  # not the per-layer norms

@@ -34,7 +34,7 @@ SKIPPED = {
 RUNNABLE = ("dltrain", "torchrun ", "RUN=", "python -c")
 
 SHIM = """#!{python}
-# dltrain with tiny training settings appended (tests/test_readme.py); `verify` runs in full
+# dltrain with tiny training settings appended (tests/test_readme.py), also to `cv`'s folds; `verify` runs in full
 import sys
 
 from dltrain.cli import main
@@ -47,7 +47,7 @@ def tiny(args):
         rest = rest[2:]
     verb = rest[0] if rest and not rest[0].startswith("-") and "=" not in rest[0] else None
     inspect = any(a.split("=")[0] in ("--cfg", "--help", "-h", "-sc", "--shell-completion", "--info") for a in args)
-    if verb in (None, "train") and not inspect:
+    if (verb in (None, "train") or verb == "cv" and "summarize" not in rest) and not inspect:
         args += {tiny}
         if "-m" in args and any(a.startswith(("hparams_search=", "recipe=optuna")) for a in args):
             args.append("hydra.sweeper.n_trials=2")
@@ -141,7 +141,7 @@ def test_every_readme_command_runs_as_written(shell, tmp_path):
     work.mkdir()
     shutil.copytree(REPO / "examples", work / "examples")  # the README's commands run from the repository's root
     # what the placeholders stand for: a GAN run (sample), stopped runs (resume), a sweep (summarize)
-    made = shell("dltrain model=gan model.conditional=true hydra.run.dir=made/gan && dltrain -m optim.lr=1e-3,1e-2 hydra.sweep.dir=made/sweep", work)
+    made = shell("dltrain model=gan model.conditional=true hydra.run.dir=made/gan && dltrain -m optim.lr=1e-3,1e-2 hydra.sweep.dir=made/sweep && dltrain cv k=2 hydra.sweep.dir=made/cv", work)
     assert made.returncode == 0, made.stderr[-3000:]
     for name in ("stopped", "stopped2"):
         stop = shell(f"dltrain hydra.run.dir=made/{name}", work, {"DLTRAIN_TEST_KILL": "sigterm:1"})
@@ -151,6 +151,7 @@ def test_every_readme_command_runs_as_written(shell, tmp_path):
         "resume=outputs/2026-11-25/17-03-12-123456": f"resume={work / 'made/stopped'}",
         "resume=RUN_DIR": f"resume={work / 'made/stopped2'}",
         "multirun/2026-01-31/12-00-00": str(work / "made/sweep"),
+        "cv/2026-01-31/12-00-00": str(work / "made/cv"),
         " [overrides]": "",
     }
     ran, skipped, failures = 0, [], []

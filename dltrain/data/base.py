@@ -169,3 +169,48 @@ def classification_bundle(
         pixel_range=(float(x.min()), float(x.max())) if kind == "image" else None,
         note=note,
     )
+
+
+def fold_split(data: DataBundle, k: int, fold: int, seed: int) -> DataBundle:
+    """`data` with fold `fold` of a k-fold split of its training and validation examples taken
+    together (scikit-learn's StratifiedKFold, shuffled with `seed`; stratified by class, or by
+    target decile for regression) as the validation split and the other k-1 folds as the training
+    split. The test split keeps its examples. Inputs (and regression targets) are standardised
+    again on the new training split, as the data builders do on theirs."""
+    import dataclasses
+    import warnings
+
+    from sklearn.model_selection import StratifiedKFold
+
+    if data.task == "forecasting":
+        raise UserError(f"cv.k={k}: k-fold cross-validation mixes a time series' future into its past (data={data.name}); allowed: 0")
+    per_feature = data.kind == "table"
+    x_mean, x_std = torch.tensor(data.x_mean, dtype=torch.float64), torch.tensor(data.x_std, dtype=torch.float64)
+    raw_x = lambda x: (x.double() * x_std + x_mean).numpy()  # noqa: E731  (the builder's scaling undone)
+    pool_x = np.concatenate([raw_x(data.train.x), raw_x(data.val.x)])
+    pool_y = torch.cat([data.train.y, data.val.y]).numpy()
+    test_x, test_y = raw_x(data.test.x), data.test.y.numpy()
+    regression = data.y_mean is not None
+    if regression:
+        y_mean, y_std = np.asarray(data.y_mean), np.asarray(data.y_std)
+        pool_y, test_y = pool_y * y_std + y_mean, test_y * y_std + y_mean
+    strata = quantile_bins(pool_y) if regression else pool_y
+    smallest = int(np.unique(strata, return_counts=True)[1].min())
+    if smallest < k:
+        what = "target decile" if regression else "class"
+        raise UserError(f"cv.k={k}: the smallest {what} has {smallest} examples in the training and validation splits, too few for {k} folds; allowed: 2 to {smallest}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # checked above
+        train_idx, val_idx = list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(strata)), strata))[fold]
+    (xtr, xva, xte), mean, std = standardize(pool_x[train_idx], pool_x[val_idx], test_x, per_feature=per_feature)
+    ys = (pool_y[train_idx], pool_y[val_idx], test_y)
+    if regression:
+        (ytr, yva, yte), new_y_mean, new_y_std = standardize(*[y.astype(np.float32) for y in ys], per_feature=True)
+        ys = (ytr, yva, yte)
+    as_split = lambda a, b: Split(torch.from_numpy(np.ascontiguousarray(a)), torch.from_numpy(np.ascontiguousarray(b)).to(data.train.y.dtype))  # noqa: E731
+    return dataclasses.replace(
+        data,
+        train=as_split(xtr, ys[0]), val=as_split(xva, ys[1]), test=as_split(xte, ys[2]), x_mean=mean, x_std=std,
+        **({"y_mean": new_y_mean, "y_std": new_y_std} if regression else {}),
+        note=(data.note + " " if data.note else "") + f"cv fold {fold} of {k}: {len(val_idx)} validation examples, {len(train_idx)} training",
+    )
