@@ -46,6 +46,7 @@ bench: setup  ## engine-overhead, CLI-startup, run start-up, checkpoint-cost, pa
 	-$(BIN)/python benchmarks/checkpoint_cost.py
 	-$(BIN)/python benchmarks/sweep_parallel.py
 	-$(BIN)/python benchmarks/threads_contention.py
+	-$(BIN)/python benchmarks/ensemble.py
 	-$(BIN)/python benchmarks/peers.py
 
 bench-gpu: setup  ## CNN throughput vs a hand-written loop, and time to 98% (needs the MNIST files; CUDA if present)

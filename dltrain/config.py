@@ -20,7 +20,7 @@ from dltrain.schema import NonNegativeInt, Positive, PositiveInt, Range, check_v
 
 Seed = Annotated[int, Range(0, 2**32 - 1)]  # numpy's seeds are 32-bit
 
-__all__ = ["CheckpointConfig", "CvConfig", "DistillConfig", "EarlyStopConfig", "RunSpec", "SweepConfig", "TrainerConfig", "check_sweep", "validate"]
+__all__ = ["CheckpointConfig", "CvConfig", "DistillConfig", "EarlyStopConfig", "EnsembleConfig", "RunSpec", "SweepConfig", "TrainerConfig", "check_sweep", "validate"]
 
 @dataclass
 class SweepConfig:
@@ -49,6 +49,14 @@ class CvConfig:
 
 
 @dataclass
+class EnsembleConfig:
+    """Deep ensembles: several members of the model, trained side by side in one run."""
+
+    size: PositiveInt = 1  # members (different initial weights); 1: no ensemble
+    bagging: bool = False  # each member trains on its own bootstrap sample of the training split
+
+
+@dataclass
 class RunSpec:
     """A validated run: every section with its defaults filled in."""
 
@@ -71,6 +79,7 @@ class RunSpec:
     expected: dict[str, dict[str, float]] = field(default_factory=dict)  # a recipe's metric bounds
     distill: DistillConfig = field(default_factory=DistillConfig)
     cv: CvConfig = field(default_factory=CvConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
 
 
 def check_sweep(sweep: SweepConfig, task_cls, cv_k: int = 0) -> SweepConfig:
@@ -90,7 +99,7 @@ def check_sweep(sweep: SweepConfig, task_cls, cv_k: int = 0) -> SweepConfig:
 
 COMPONENT_SECTIONS = ("model", "data", "loss", "optim", "sched", "init", "logger")
 OPTIONAL_SECTIONS = ("optim_d", "sched_d")  # present only for models with a second optimizer
-TOP_LEVEL = (*COMPONENT_SECTIONS, *OPTIONAL_SECTIONS, "reg", "trainer", "seed", "task", "sweep", "expected", "distill", "cv")
+TOP_LEVEL = (*COMPONENT_SECTIONS, *OPTIONAL_SECTIONS, "reg", "trainer", "seed", "task", "sweep", "expected", "distill", "cv", "ensemble")
 
 
 def _component(registry, node: Any, key: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -170,6 +179,8 @@ def validate(cfg: Mapping[str, Any]) -> RunSpec:
     distill = parse_dataclass(DistillConfig, cfg.get("distill"), "distill")
     cv = parse_dataclass(CvConfig, cfg.get("cv"), "cv")
     sweep = check_sweep(parse_dataclass(SweepConfig, cfg.get("sweep"), "sweep"), task_cls, cv.k)
+    ensemble = parse_dataclass(EnsembleConfig, cfg.get("ensemble"), "ensemble")
+    _check_ensemble(ensemble, task, trainer, OPTIMIZERS.get(parts["optim"]["name"]), distill)
     if cv.k == 1:
         raise ConfigError("cv.k", cv.k, "one fold leaves nothing to validate on; allowed: 0 (the data's own split) or 2 and more")
     if cv.fold >= max(cv.k, 1):
@@ -178,10 +189,10 @@ def validate(cfg: Mapping[str, Any]) -> RunSpec:
         raise ConfigError("cv.k", cv.k, f"k-fold cross-validation would mix data={data_entry.name}'s future into its past; allowed: 0")
     if distill.teacher is not None and task != "classification":
         raise ConfigError("distill.teacher", distill.teacher, f"distillation matches class probabilities, and task {task} has none; allowed: null, or a classification run")
-    expected = check_expected(cfg.get("expected"), task_cls, grad_norms=trainer.log_grad_norms, averaged=bool(trainer.ema.decay or trainer.swa.start))
+    expected = check_expected(cfg.get("expected"), task_cls, grad_norms=trainer.log_grad_norms, averaged=bool(trainer.ema.decay or trainer.swa.start), ensemble=ensemble.size > 1)
     if shift and data_entry.meta["kind"] != "image":
         raise ConfigError("data.shift", shift, f"data={data_entry.name} is {data_entry.meta['kind']} data, not images; allowed: 0")
-    return RunSpec(seed=seed, task=task, reg=reg, trainer=trainer, batch_size=batch_size, shift=shift, sweep=sweep, expected=expected, distill=distill, cv=cv, **parts)
+    return RunSpec(seed=seed, task=task, reg=reg, trainer=trainer, batch_size=batch_size, shift=shift, sweep=sweep, expected=expected, distill=distill, cv=cv, ensemble=ensemble, **parts)
 
 
 def _check_compatible(parts, reg, trainer, task, task_cls, data_entry, MODELS, LOSSES, OPTIMIZERS, REGULARIZERS) -> None:
@@ -231,6 +242,23 @@ def _check_compatible(parts, reg, trainer, task, task_cls, data_entry, MODELS, L
     for key, value in (("trainer.early_stop.monitor", trainer.early_stop.monitor), ("trainer.checkpoint.monitor", trainer.checkpoint.monitor)):
         if value not in allowed:
             raise unknown_choice(key, value, allowed)
+
+
+def _check_ensemble(ensemble, task, trainer, optim, distill) -> None:
+    """ensemble.size=K: predictions that can be averaged, one optimizer step per batch, one process."""
+    if ensemble.bagging and ensemble.size == 1:
+        raise ConfigError("ensemble.bagging", True, "bootstrap samples are for an ensemble's members; allowed: false, or ensemble.size=K (2 or more)")
+    if ensemble.size == 1:
+        return
+    key, value = "ensemble.size", ensemble.size
+    if task not in ("classification", "regression", "forecasting"):
+        raise ConfigError(key, value, f"an ensemble averages predictions (probabilities, or means), which task {task} does not make; allowed: 1")
+    if optim.meta.get("closure"):
+        raise ConfigError(key, value, f"optim={optim.name}'s line search would couple the members; allowed: 1, or an optimizer without a closure")
+    if trainer.devices > 1:
+        raise ConfigError(key, value, f"the members train side by side in one process, not on trainer.devices={trainer.devices} ranks; allowed: 1, or trainer.devices=1")
+    if distill.teacher is not None:
+        raise ConfigError(key, value, "distilling into an ensemble is not supported; allowed: 1, or distill.teacher=null")
 
 
 def _check_averaging(trainer, task, task_cls, optim) -> None:

@@ -10,6 +10,7 @@ import platform
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from dltrain.engine.checkpoint import checkpoints as checkpoints_of
 from dltrain.engine.cpus import CpuLoad, command_started
 from dltrain.engine.device import autocast, check_precision, choose_threads, configure_backends, describe, seed_everything, select_device, set_threads
 from dltrain.engine.diagnostics import GradNorms
-from dltrain.engine.loader import TensorLoader
+from dltrain.engine.loader import MemberLoader, TensorLoader
 from dltrain.engine.loggers import LOGGERS
 from dltrain.engine.loop import Phase, evaluate, fit
 from dltrain.engine.plots import draw_history
@@ -40,11 +41,13 @@ from dltrain.errors import ConfigError, UserError
 from dltrain.files import FolderLock, writing
 from dltrain.losses import LOSSES
 from dltrain.models import MODELS
+from dltrain.models.ensemble import Ensemble
 from dltrain.models.layers import INITS, count_parameters
 from dltrain.optim import OPTIMIZERS, build_schedule
 from dltrain.regularization import Regularizer, WeightPenalty, build_regularizers
 from dltrain.tasks import TASKS
 from dltrain.tasks.distill import Distillation
+from dltrain.tasks.ensemble import EnsembleTraining
 
 # The module each data-parallel rank runs (`python -m dltrain.rank CONFIG RUN_DIR`).
 RANK_ENTRY = "dltrain.rank"
@@ -82,6 +85,12 @@ def build(spec: RunSpec, device: torch.device) -> Built:
     check_model_size(model_cfg, shapes, device)
     model: nn.Module = MODELS.build(model_cfg, key="model", **shapes)
     INITS.build(spec.init, key="init")(model)
+    if spec.ensemble.size > 1:  # the other members: the same architecture from the next initial weights the RNG gives
+        members = [model]
+        for _ in range(spec.ensemble.size - 1):
+            members.append(MODELS.build(model_cfg, key="model", **shapes))
+            INITS.build(spec.init, key="init")(members[-1])
+        model = Ensemble(members, "probs" if spec.task == "classification" else "mean", in_shape=data.in_shape)
     channels_last = device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
     model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
     return Built(spec, device, data, task, model, regs, channels_last)
@@ -253,6 +262,8 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
         built.model = nn.SyncBatchNorm.convert_sync_batchnorm(built.model)
     data, task, model, regs, channels_last = built.data, built.task, built.model, built.regs, built.channels_last
     teacher_summary = None
+    if spec.ensemble.size > 1:
+        task = built.task = EnsembleTraining(task, bagging=spec.ensemble.bagging)
     if spec.distill.teacher is not None:  # before anything is written: a wrong teacher is one line
         teacher, teacher_summary = load_teacher(spec, data, device)
         task = built.task = Distillation(task, teacher, spec.distill.temperature, spec.distill.alpha)
@@ -268,8 +279,9 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
     loader_args = dict(device=device, channels_last=channels_last)
     batch_size = len(train_split) if spec.optim.get("full_batch") else spec.batch_size
     rest = len(train_split) % batch_size
-    train_loader = TensorLoader(
-        train_split.x, train_split.y, batch_size, shuffle=not trainer.overfit_batches,
+    ensemble = spec.ensemble.size > 1  # each member its own order (and with bagging its own sample)
+    train_loader = (partial(MemberLoader, members=spec.ensemble.size, bootstrap=spec.ensemble.bagging) if ensemble else TensorLoader)(
+        train_split.x, train_split.y, batch_size, **({} if ensemble else {"shuffle": not trainer.overfit_batches}),
         generator=generator, limit_batches=trainer.limit_train_batches,
         drop_last=rest == 1 or 0 < rest < ranks.world,  # a batch of one breaks batch norm; every rank needs a sample
         shard=(ranks.rank, ranks.world), shift=spec.shift, **loader_args,
@@ -390,6 +402,7 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
     t0 = time.perf_counter()
     test = evaluate(net, task, test_loader, device, trainer.precision, split="test")
     test_seconds = time.perf_counter() - t0
+    members = _member_tests(model, task, test_loader, device, trainer.precision) if spec.ensemble.size > 1 else {}
     stopped_here("the final test")
     test_hooks.at("plots")
     with writing(run.plots):
@@ -407,6 +420,7 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
         "test_ckpt": trainer.test_ckpt,
         **averaging,
         **({"cv": {"k": spec.cv.k, "fold": spec.cv.fold}} if spec.cv.k else {}),
+        **members,
         **({"distill": {"teacher": spec.distill.teacher, "temperature": spec.distill.temperature, "alpha": spec.distill.alpha, "teacher_test": (teacher_summary or {}).get("test")}} if spec.distill.teacher is not None else {}),
         "best": result.best,
         "final": {k: v for k, v in result.history[-1].items() if k not in ("epoch", "step", "seconds") and "/" not in k},  # not the per-layer norms
@@ -438,6 +452,19 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
     }
     run.write_summary(summary)
     return summary
+
+
+def _member_tests(model: nn.Module, task, loader: TensorLoader, device: torch.device, precision: str) -> dict[str, Any]:
+    """An ensemble's members on the test split, alone: each one's metrics, their mean, and for each
+    metric the best member's value (the highest accuracy, the lowest loss, ...)."""
+    ensemble = model.module if hasattr(model, "module") and isinstance(model.module, Ensemble) else model
+    tests = [evaluate(m, task, loader, device, precision, split="test") for m in ensemble.members]
+    best = {k: (max if task.mode(k) == "max" else min)(t[k] for t in tests) for k in tests[0]}  # each metric's best member
+    return {
+        "ensemble": {"size": len(tests), "bagging": bool(getattr(task, "bagging", False)), "vectorized": ensemble.vectorized, "members": tests},
+        "test_member_mean": {k: sum(t[k] for t in tests) / len(tests) for k in tests[0]},
+        "test_member_best": best,
+    }
 
 
 def build_average(trainer, task, model: nn.Module, phase: Phase, train_loader: TensorLoader, device: torch.device) -> WeightAverage | None:

@@ -111,3 +111,36 @@ def random_shift(x: torch.Tensor, pixels: int, channels_last: bool = False) -> t
     cols = (torch.arange(w, device=dev) + d[1]).clamp_(0, w - 1)  # (N, W)
     out = x[torch.arange(n, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
     return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+
+class MemberLoader(TensorLoader):
+    """An ensemble's training batches: each of `members` members sees the split in its own
+    shuffled order every epoch (and with `bootstrap`, its own bootstrap sample: len(x) draws with
+    replacement, fixed for the run). Member k's draws come from seeds taken from `generator` (one
+    for the run, one per epoch) plus k, so they do not depend on how many members there are, and a
+    resumed run (the generator and the epoch's `order` restored) draws the same. A batch is
+    (members, B, ...) inputs and (members, B) targets; `order` is (members, len(x)) indices."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, members: int, bootstrap: bool = False, generator: torch.Generator | None = None, **kwargs) -> None:
+        super().__init__(x, y, batch_size, shuffle=True, generator=generator, **kwargs)
+        self.members = members
+        seed = int(torch.randint(2**62, (1,), generator=generator))
+        n = len(x)
+        self.samples = torch.stack([torch.randint(n, (n,), generator=torch.Generator().manual_seed(seed + k)) if bootstrap else torch.arange(n) for k in range(members)])
+
+    def batches(self, start: int = 0, order: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n, bs = len(self.x), self.batch_size
+        if order is None:
+            seed = int(torch.randint(2**62, (1,), generator=self.generator))
+            order = torch.stack([s[torch.randperm(n, generator=torch.Generator().manual_seed(seed + k))] for k, s in enumerate(self.samples)])
+        self.order = order
+        if self.resident and self.device.type != "cpu":
+            order = order.to(self.device, non_blocking=True)
+        for i in range(start, self.num_batches):
+            idx = order[:, i * bs : (i + 1) * bs]
+            xb, yb = self.x[idx], self.y[idx]
+            if not self.resident:
+                xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+            if self.shift:
+                xb = random_shift(xb.flatten(0, 1), self.shift).reshape(xb.shape)
+            yield xb, yb
