@@ -29,6 +29,7 @@ SKIPPED = {
     "--nnodes=2": "needs a second machine (HOST:29500)",
     "launcher=slurm": "needs a Slurm cluster",
     "verify all": "downloads the full MNIST (lenet5_mnist) and trains every recipe in full; CI verifies the recipes under a minute (test_recipes.py)",
+    "trainer.swa.start=16": "averages from epoch 16, past the one epoch the README's runs get here; trainer.swa runs in test_averaging.py and recipe=mlp_swa_digits",
     "trainer.compile=true": "compiles C++ kernels, minutes on 2 CPU cores; a compiled run is tested in test_checkpoint.py",
 }
 RUNNABLE = ("dltrain", "torchrun ", "RUN=", "python -c")
