@@ -70,6 +70,11 @@ class Built:
     channels_last: bool
 
 
+def model_config(spec: RunSpec, regs) -> dict[str, Any]:
+    """The model section with the keys the regularizers set (reg=dropout: model.dropout)."""
+    return {**spec.model, **{k: v for r in regs for k, v in r.model.items()}}
+
+
 def build(spec: RunSpec, device: torch.device) -> Built:
     """Data, task, model (initialised, on `device`) and regularizers for `spec`."""
     data = DATASETS.build(spec.data, key="data")
@@ -77,7 +82,7 @@ def build(spec: RunSpec, device: torch.device) -> Built:
         data = fold_split(data, spec.cv.k, spec.cv.fold, seed=int(spec.data.get("split_seed", spec.seed)))
     check_data(data, spec)
     regs = list(build_regularizers(spec.reg).values())
-    model_cfg = {**spec.model, **{k: v for r in regs for k, v in r.model.items()}}
+    model_cfg = model_config(spec, regs)
     loss_cfg = {**spec.loss, **{k: v for r in regs for k, v in r.loss.items()}}
     task_cls = TASKS.get(spec.task).fn
     task = task_cls(data, LOSSES.get(loss_cfg["name"]), LOSSES.build(loss_cfg, key="loss"))
@@ -136,8 +141,7 @@ def load_teacher(spec: RunSpec, data: DataBundle, device: torch.device) -> tuple
             )
     if (teacher.cv.k, teacher.cv.fold) != (spec.cv.k, spec.cv.fold):
         raise UserError(f"{where}: the teacher was trained on cv fold {teacher.cv.fold} of {teacher.cv.k}, this run is fold {spec.cv.fold} of {spec.cv.k}; allowed: a teacher trained on the same fold")
-    regs = build_regularizers(teacher.reg).values()
-    model_cfg = {**teacher.model, **{k: v for r in regs for k, v in r.model.items()}}
+    model_cfg = model_config(teacher, build_regularizers(teacher.reg).values())
     task_cls = TASKS.get(teacher.task).fn
     model: nn.Module = MODELS.build(model_cfg, key="model", in_shape=data.in_shape, out_features=task_cls.out_features(data))
     try:

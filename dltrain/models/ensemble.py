@@ -49,6 +49,7 @@ class Ensemble(nn.Module):
         self.combine = combine
         self.vectorized = vectorize  # None: decided at the first training batch (use_vmap)
         self.in_shape = tuple(in_shape) if in_shape is not None else None  # one example's input shape
+        self._tensors: tuple[list, list] | None = None  # vmap: the members' parameters and buffers by name
 
     def __len__(self) -> int:
         return len(self.members)
@@ -70,10 +71,9 @@ class Ensemble(nn.Module):
         from torch.func import functional_call, vmap
 
         template = self.members[0]
-        names = [n for n, _ in template.named_parameters()]
-        per = [dict(m.named_parameters()) for m in self.members]
-        params = {n: torch.stack([p[n] for p in per]) for n in names}  # in the graph: gradients reach each member
-        buffers = {n: torch.stack([dict(m.named_buffers())[n] for m in self.members]) for n, _ in template.named_buffers()}
+        if self._tensors is None:  # (name, each member's tensor) once: moving or loading weights keeps the tensor objects
+            self._tensors = tuple([(n, [dict(get(m))[n] for m in self.members]) for n, _ in get(template)] for get in (nn.Module.named_parameters, nn.Module.named_buffers))
+        params, buffers = ({n: torch.stack(ts) for n, ts in group} for group in self._tensors)  # stacked in the graph: gradients reach each member
 
         def one(p, b, xb):
             return functional_call(template, (p, b), (xb,))

@@ -19,6 +19,17 @@ from dltrain.registry import Entry, Registry
 TASKS = Registry("task")
 
 
+class TaskWrapper:
+    """A task that changes only how a training step's loss is computed (distillation, ensembles):
+    everything it does not define is the wrapped task's (`self.task`)."""
+
+    def __init__(self, task) -> None:
+        self.task = task
+
+    def __getattr__(self, name: str) -> Any:  # only for what the wrapper does not define
+        return getattr(self.__dict__["task"], name)
+
+
 class Task:
     """Defaults shared by every task: one phase training every parameter on `step_loss`."""
 

@@ -11,11 +11,11 @@ so a distilled run compares directly with one trained without a teacher.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dltrain.tasks.base import TaskWrapper
 
 
 def soft_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -26,7 +26,7 @@ def soft_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) 
     return F.kl_div(log_p, log_q, log_target=True, reduction="batchmean") * (t * t)
 
 
-class Distillation:
+class Distillation(TaskWrapper):
     """`task` (a classification task) trained against `teacher`'s softened predictions as well.
 
     The teacher is frozen in eval mode (no dropout, its batch-norm statistics fixed) and sees the
@@ -34,12 +34,10 @@ class Distillation:
     task's own (attributes are looked up on it)."""
 
     def __init__(self, task, teacher: nn.Module, temperature: float, alpha: float) -> None:
-        self.task, self.teacher, self.temperature, self.alpha = task, teacher, float(temperature), float(alpha)
+        super().__init__(task)
+        self.teacher, self.temperature, self.alpha = teacher, float(temperature), float(alpha)
         teacher.eval()
         teacher.requires_grad_(False)
-
-    def __getattr__(self, name: str) -> Any:  # only for what this class does not define
-        return getattr(self.__dict__["task"], name)
 
     def step_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, phase: str) -> torch.Tensor:
         logits = model(x)

@@ -4,22 +4,20 @@ task's own, of the ensemble's combined prediction (models/ensemble.py)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
+from dltrain.tasks.base import TaskWrapper
 
-class EnsembleTraining:
+
+class EnsembleTraining(TaskWrapper):
     """`task` for an `Ensemble` model. A training batch holds one batch per member ((K, B, ...)
     inputs and (K, B) targets: each member's own order of the data, with `bagging` of its own
     bootstrap sample; engine/loader.py `MemberLoader`)."""
 
     def __init__(self, task, bagging: bool = False) -> None:
-        self.task, self.bagging = task, bagging
-
-    def __getattr__(self, name: str) -> Any:  # only for what this class does not define
-        return getattr(self.__dict__["task"], name)
+        super().__init__(task)
+        self.bagging = bagging
 
     def step_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, phase: str) -> torch.Tensor:
         ensemble = getattr(model, "_orig_mod", model)  # trainer.compile wraps it
