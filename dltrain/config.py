@@ -187,6 +187,8 @@ def validate(cfg: Mapping[str, Any]) -> RunSpec:
         raise ConfigError("cv.fold", cv.fold, f"allowed: 0 to {cv.k - 1} (cv.k={cv.k})" if cv.k else "allowed: 0 (cv.k=0: no folds)")
     if cv.k and data_entry.meta["task"] == "forecasting":
         raise ConfigError("cv.k", cv.k, f"k-fold cross-validation would mix data={data_entry.name}'s future into its past; allowed: 0")
+    if distill.teacher is not None and OPTIMIZERS.get(parts["optim"]["name"]).meta.get("rule"):
+        raise ConfigError("distill.teacher", distill.teacher, f"model={model_entry.name} learns by its own rule, which a teacher's soft targets do not change; allowed: null")
     if distill.teacher is not None and task != "classification":
         raise ConfigError("distill.teacher", distill.teacher, f"distillation matches class probabilities, and task {task} has none; allowed: null, or a classification run")
     expected = check_expected(cfg.get("expected"), task_cls, grad_norms=trainer.log_grad_norms, averaged=bool(trainer.ema.decay or trainer.swa.start), ensemble=ensemble.size > 1)
@@ -207,6 +209,9 @@ def _check_compatible(parts, reg, trainer, task, task_cls, data_entry, MODELS, L
             f"model={model.name} needs {' or '.join(model.meta['inputs'])} input, but data={data_entry.name} is {kind} data; "
             f"models for it: {', '.join(fits)}"
         )
+    if model.meta.get("task") == "classification" and data_entry.meta["task"] != "classification":
+        fits = [e.name for e in _datasets() if e.meta["task"] == "classification" and e.meta["kind"] in model.meta["inputs"]]
+        raise ConfigError("data", data_entry.name, f"model={model.name} classifies, and data={data_entry.name} has real-valued targets; allowed: {', '.join(fits)}")
     if task == "classification" and data_entry.meta["task"] != "classification":
         raise UserError(f"task=classification needs labelled data, but data={data_entry.name} has real-valued targets; use task=regression")
 
@@ -237,11 +242,47 @@ def _check_compatible(parts, reg, trainer, task, task_cls, data_entry, MODELS, L
             raise ConfigError("trainer.compile", trainer.compile, f"optim={optim.name} differentiates the gradient again, which compiled graphs do not support; allowed: false")
         if trainer.precision != "32":
             raise ConfigError("trainer.precision", trainer.precision, f"optim={optim.name} solves with the Hessian, which needs full precision; allowed: 32")
+    _check_rule(parts, reg, trainer, model, optim, OPTIMIZERS, MODELS)
     _check_averaging(trainer, task, task_cls, optim)
     allowed = [f"val_{m}" for m in task_cls.metrics]
     for key, value in (("trainer.early_stop.monitor", trainer.early_stop.monitor), ("trainer.checkpoint.monitor", trainer.checkpoint.monitor)):
         if value not in allowed:
             raise unknown_choice(key, value, allowed)
+
+
+def _datasets():
+    from dltrain.data import DATASETS
+
+    return DATASETS
+
+
+def learns_by_rule(model_entry, model_cfg: Mapping[str, Any]) -> bool:
+    """Does this model learn by its own rule (optim=rule) rather than by gradients? (model=perceptron;
+    model=rbf with solver=lstsq)"""
+    rule = model_entry.meta.get("rule", False)
+    return bool(rule(model_cfg) if callable(rule) else rule)
+
+
+def _check_rule(parts, reg, trainer, model, optim, OPTIMIZERS, MODELS) -> None:
+    """optim=rule and the models that learn by a rule of their own go together, one batch per step."""
+    by_rule, how = learns_by_rule(model, parts["model"]), f"model={model.name}" + (f" with model.solver={parts['model']['solver']}" if "solver" in parts["model"] else "")
+    gradient = ", ".join(e.name for e in OPTIMIZERS if not e.meta.get("rule"))
+    if by_rule and not optim.meta.get("rule"):
+        raise ConfigError("optim", optim.name, f"{how} learns by its own rule, not by gradients; allowed: rule" + (", or model.solver=gd with a gradient optimizer" if "solver" in parts["model"] else ""))
+    if "optim_d" in parts and OPTIMIZERS.get(parts["optim_d"]["name"]).meta.get("rule"):
+        raise ConfigError("optim_d", parts["optim_d"]["name"], f"model={model.name}'s discriminator learns by gradients; allowed: {gradient}")
+    if not optim.meta.get("rule"):
+        return
+    if not by_rule:
+        rules = [e.name for e in MODELS if e.meta.get("rule")]
+        raise ConfigError("optim", optim.name, f"{how} learns by gradients; allowed: {gradient} (optim=rule is for {', '.join(rules)})")
+    if reg:
+        raise ConfigError("reg", "[" + ",".join(reg) + "]", f"{how} learns by its own rule, which no regularizer changes; allowed: [none]")
+    for key, value, fine in (("trainer.devices", trainer.devices, 1), ("trainer.accumulate", trainer.accumulate, 1)):
+        if value != fine:
+            raise ConfigError(key, value, f"{how} applies its rule to one batch at a time in one process; allowed: {fine}")
+    if trainer.precision == "16":
+        raise ConfigError("trainer.precision", trainer.precision, f"{how} learns without gradients, which a gradient scaler is for; allowed: 32, bf16")
 
 
 def _check_ensemble(ensemble, task, trainer, optim, distill) -> None:
@@ -257,6 +298,8 @@ def _check_ensemble(ensemble, task, trainer, optim, distill) -> None:
         raise ConfigError(key, value, f"optim={optim.name}'s line search would couple the members; allowed: 1, or an optimizer without a closure")
     if trainer.devices > 1:
         raise ConfigError(key, value, f"the members train side by side in one process, not on trainer.devices={trainer.devices} ranks; allowed: 1, or trainer.devices=1")
+    if optim.meta.get("rule"):
+        raise ConfigError(key, value, f"optim={optim.name}'s learning rule trains one model, not members side by side; allowed: 1")
     if distill.teacher is not None:
         raise ConfigError(key, value, "distilling into an ensemble is not supported; allowed: 1, or distill.teacher=null")
 

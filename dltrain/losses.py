@@ -31,6 +31,19 @@ def cross_entropy(label_smoothing: Probability = 0.0) -> nn.Module:
     return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
 
+class PerceptronCriterion(nn.Module):
+    """The multiclass perceptron criterion: the mean of max_j s_j - s_y, zero when every example is right."""
+
+    def forward(self, scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (scores.max(-1).values - scores.gather(-1, target.unsqueeze(-1)).squeeze(-1)).mean()
+
+
+@LOSSES.register("perceptron", tasks=("classification",), target="index")
+def perceptron() -> nn.Module:
+    """The perceptron criterion (Duda, Hart & Stork): the top score's excess over the true class's."""
+    return PerceptronCriterion()
+
+
 class NLLOfLogSoftmax(nn.Module):
     """Negative log-likelihood of the log-softmax of the logits (equals cross-entropy)."""
 

@@ -118,6 +118,28 @@ def newton(
     )
 
 
+class LearningRule(torch.optim.Optimizer):
+    """Holds the learning rate (for schedules and checkpoints) of a model that learns by its own
+    rule: `step(closure)` calls ``closure(lr)``, which applies the rule to the current batch (the
+    engine passes one that computes the batch's loss and calls the model's ``learn``), without
+    gradients. Step hooks (EMA, SWA, timing) run as for any optimizer."""
+
+    def __init__(self, params, lr: float) -> None:
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is None:
+            raise RuntimeError("optim=rule applies the model's learning rule to a batch: step(closure) needs the closure")
+        return closure(self.param_groups[0]["lr"])
+
+
+@OPTIMIZERS.register("rule", rule=True, help="no gradients: the model's own learning rule (the perceptron rule; an RBF network's least-squares solve)")
+def rule(params, lr: Positive = 1.0):
+    # lr scales the perceptron's updates (from zero weights its predictions do not depend on it); a closed-form solve ignores it
+    return LearningRule(params, lr=lr)
+
+
 @SCHEDULES.register("none", interval="none", help="constant learning rate")
 def constant(optimizer, steps_per_epoch, max_epochs):
     return None

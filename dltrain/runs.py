@@ -49,7 +49,7 @@ def load_run(run_dir: str | Path, ckpt: str = "best", device: str = "cpu") -> Lo
         have = sorted(p.stem for p in (path / "checkpoints").glob("*.safetensors"))
         raise ConfigError("ckpt", ckpt, f"{path} has " + (f"checkpoints: {', '.join(have)}" if have else "no checkpoint (did the run finish?)"))
     state = load_weights(checkpoint)
-    built = build(spec, select_device(device))
+    built = build(spec, select_device(device), fit_data=False)
     try:
         built.model.load_state_dict(state)
     except RuntimeError as e:

@@ -75,8 +75,10 @@ def model_config(spec: RunSpec, regs) -> dict[str, Any]:
     return {**spec.model, **{k: v for r in regs for k, v in r.model.items()}}
 
 
-def build(spec: RunSpec, device: torch.device) -> Built:
-    """Data, task, model (initialised, on `device`) and regularizers for `spec`."""
+def build(spec: RunSpec, device: torch.device, fit_data: bool = True) -> Built:
+    """Data, task, model (initialised, on `device`) and regularizers for `spec`. A model whose
+    start depends on the data (an RBF network's k-means centres) is fitted to the training split
+    unless `fit_data` is false (weights about to be loaded)."""
     data = DATASETS.build(spec.data, key="data")
     if spec.cv.k:
         data = fold_split(data, spec.cv.k, spec.cv.fold, seed=int(spec.data.get("split_seed", spec.seed)))
@@ -88,13 +90,19 @@ def build(spec: RunSpec, device: torch.device) -> Built:
     task = task_cls(data, LOSSES.get(loss_cfg["name"]), LOSSES.build(loss_cfg, key="loss"))
     shapes = dict(in_shape=data.in_shape, out_features=task_cls.out_features(data))
     check_model_size(model_cfg, shapes, device)
-    model: nn.Module = MODELS.build(model_cfg, key="model", **shapes)
-    INITS.build(spec.init, key="init")(model)
+
+    def initialised() -> nn.Module:
+        model: nn.Module = MODELS.build(model_cfg, key="model", **shapes)
+        INITS.build(spec.init, key="init")(model)
+        if fit_data and hasattr(model, "fit_data"):  # its seed from the run's RNG: ensemble members differ
+            model.fit_data(data.train.x, data.train.y, seed=int(torch.randint(2**31 - 1, ()).item()))
+        return model
+
+    model = initialised()
     if spec.ensemble.size > 1:  # the other members: the same architecture from the next initial weights the RNG gives
         members = [model]
         for _ in range(spec.ensemble.size - 1):
-            members.append(MODELS.build(model_cfg, key="model", **shapes))
-            INITS.build(spec.init, key="init")(members[-1])
+            members.append(initialised())
         model = Ensemble(members, "probs" if spec.task == "classification" else "mean", in_shape=data.in_shape)
     channels_last = device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
     model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
@@ -259,7 +267,7 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
     threads = set_threads(device, trainer.threads or resumed_threads or 0, ranks.local_world)
     generator = seed_everything(spec.seed)
 
-    built = build(spec, device)
+    built = build(spec, device, fit_data=resume is None)
     if ranks.rank:  # the same weights and data order everywhere, but each rank its own dropout and noise
         torch.manual_seed(spec.seed + ranks.rank)
     if ranks.enabled and device.type == "cuda":  # batch statistics over the whole batch (CPU ranks: per rank)
@@ -281,7 +289,7 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
         n = trainer.overfit_batches * spec.batch_size
         train_split = val_split = Split(data.train.x[:n], data.train.y[:n])
     loader_args = dict(device=device, channels_last=channels_last)
-    batch_size = len(train_split) if spec.optim.get("full_batch") else spec.batch_size
+    batch_size = len(train_split) if spec.optim.get("full_batch") or getattr(model, "full_batch", False) else spec.batch_size
     rest = len(train_split) % batch_size
     ensemble = spec.ensemble.size > 1  # each member its own order (and with bagging its own sample)
     train_loader = (partial(MemberLoader, members=spec.ensemble.size, bootstrap=spec.ensemble.bagging) if ensemble else TensorLoader)(
@@ -673,5 +681,7 @@ def build_phase(spec: RunSpec, task, model: nn.Module, name: str, steps_per_epoc
     schedule = build_schedule(sched_cfg, optimizer, steps_per_epoch * repeat, spec.trainer.max_epochs)
     device_type = params[0].device.type if params else "cpu"
     scaler = torch.amp.GradScaler(device_type, enabled=spec.trainer.precision == "16")
-    closure = bool(OPTIMIZERS.get(optim_cfg["name"]).meta.get("closure"))
-    return Phase(name, optimizer, schedule, params, repeat, scaler, closure, clip_grad)
+    entry = OPTIMIZERS.get(optim_cfg["name"])
+    closure = bool(entry.meta.get("closure"))
+    rule = model.learn if entry.meta.get("rule") else None  # optim=rule: the model's own learning rule
+    return Phase(name, optimizer, schedule, params, repeat, scaler, closure, clip_grad, rule)

@@ -27,6 +27,8 @@ MODELS = {
     "cnn_dropout": ("model=cnn", "model.channels=4", "model.dropout=0.3"),
     "lstm": ("model=lstm", "model.hidden=16"),
     "gan": ("model=gan", "model.hidden=32", "model.channels=8", "model.d_steps=2"),
+    "perceptron": ("model=perceptron",),  # optim=rule: no gradients
+    "rbf_gd": ("model=rbf", "model.solver=gd", "model.centers=16", "optim=adam"),  # k-means centres, not redone on resume
 }
 
 

@@ -66,6 +66,8 @@ def companions(group: str, choice: str) -> list[str]:
         return [f"data={first_data_for(MODELS.get(choice).meta['inputs'][0])}"]
     if group in ("optim_d", "sched_d"):
         return ["model=gan"]
+    if group == "optim" and choice in OPTIMIZERS and OPTIMIZERS.get(choice).meta.get("rule"):
+        return [f"model={next(e.name for e in MODELS if e.meta.get('rule'))}"]
     if group == "loss":
         task = LOSSES.get(choice).meta["tasks"][0]
         model = next((e.name for e in MODELS if e.meta.get("task") == task), None)
@@ -133,6 +135,10 @@ def test_trainer_default_file_lists_every_key_with_its_default() -> None:
 @pytest.mark.parametrize(("group", "choice"), CHOICES)
 def test_every_choice_composes_and_validates(compose, group: str, choice: str) -> None:
     cfg = compose(*companions(group, choice), f"{group}={choice}")
+    if group == "optim_d" and choice in OPTIMIZERS and OPTIMIZERS.get(choice).meta.get("rule"):  # a discriminator learns by gradients
+        with pytest.raises(UserError, match="optim_d='rule' is not allowed; model=gan's discriminator learns by gradients"):
+            validate(cfg)
+        return
     spec = validate(cfg)
     if group == "reg":
         assert set(spec.reg) == (set() if choice == "none" else {choice})

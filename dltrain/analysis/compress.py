@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from dltrain.analysis.common import RunOptions, open_run, output_dir, predict_outputs, print_table, print_written, to_target_units, write_csv, write_json
-from dltrain.errors import UserError
+from dltrain.errors import ConfigError, UserError
 from dltrain.runs import LoadedRun
 from dltrain.schema import NonNegativeInt, Positive, PositiveInt, Probability
 
@@ -66,6 +66,10 @@ def run_compress(opts: CompressOptions) -> int:
     if opts.finetune_epochs and opts.prune.amount == 0:
         raise UserError("finetune_epochs applies after pruning; give prune=AMOUNT too")
     loaded = open_run(opts, "compress")
+    from dltrain.optim import OPTIMIZERS
+
+    if opts.finetune_epochs and OPTIMIZERS.get(loaded.built.spec.optim["name"]).meta.get("rule"):
+        raise ConfigError("finetune_epochs", opts.finetune_epochs, f"model={loaded.built.spec.model['name']} learns by its own rule, which would not keep the pruning masks; allowed: 0")
     out = output_dir(loaded, "compress", fresh=True)
     model = loaded.built.model.eval()
     measure = Measure(loaded, opts.batch_size, opts.repeats, opts.threads)

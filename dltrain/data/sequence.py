@@ -100,3 +100,59 @@ def mackey_glass(
 ) -> DataBundle:
     """Mackey-Glass chaotic series (tau=17), the classic benchmark for recurrent forecasters."""
     return forecasting_bundle("mackey_glass", mackey_glass_series(length, tau=tau, seed=seed), window, horizon, val_fraction, test_fraction)
+
+
+def adding_problem(n: int, length: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`n` sequences of `length` steps with two features, a value drawn from U(0, 1) and a marker,
+    1 at two steps (one in each half) and 0 elsewhere; the target is the sum of the two marked
+    values (Hochreiter & Schmidhuber 1997, in the form of Le, Jaitly & Hinton 2015)."""
+    values = rng.uniform(0.0, 1.0, (n, length))
+    half = length // 2
+    first = rng.integers(0, half, n)
+    second = rng.integers(half, length, n)
+    markers = np.zeros((n, length))
+    rows = np.arange(n)
+    markers[rows, first] = markers[rows, second] = 1.0
+    x = np.stack([values, markers], -1).astype(np.float32)
+    y = (values[rows, first] + values[rows, second]).astype(np.float32)[:, None]
+    return x, y
+
+
+@DATASETS.register("adding", kind="sequence", task="regression")
+def adding(
+    length: Annotated[int, Range(2)] = 100,
+    size: Annotated[int, Range(10)] = 10000,
+    val_fraction: Fraction = 0.1,
+    test_fraction: Fraction = 0.1,
+    seed: NonNegativeInt = 0,
+) -> DataBundle:
+    """The adding problem: sum the two marked values of a long sequence (a long-range memory test; answering 1 scores MSE 1/6)."""
+    rng = np.random.default_rng(seed)
+    x, y = adding_problem(size, length, rng)
+    n_test = int(size * test_fraction)
+    n_val = int((size - n_test) * val_fraction)  # as every dataset: val is a fraction of what the test split leaves
+    n_train = size - n_val - n_test
+    if n_train < 1 or n_val < 1 or n_test < 1:
+        raise UserError(f"data.size={size} with data.val_fraction={val_fraction} and data.test_fraction={test_fraction} leaves an empty split; use a larger data.size")
+    # each feature (value, marker) standardised over the training sequences' steps; the target too, its metrics in its own units
+    x_mean, x_std = x[:n_train].mean((0, 1), dtype=np.float64), x[:n_train].std((0, 1), dtype=np.float64)
+    y_mean, y_std = float(y[:n_train].mean()), float(y[:n_train].std()) or 1.0
+    scaled = torch.from_numpy((y - y_mean) / y_std)
+    xs = torch.from_numpy(((x - x_mean) / x_std).astype(np.float32))
+
+    def part(a: int, b: int) -> Split:
+        return Split(xs[a:b], scaled[a:b])
+
+    return DataBundle(
+        name="adding",
+        kind="sequence",
+        task="regression",
+        train=part(0, n_train),
+        val=part(n_train, n_train + n_val),
+        test=part(n_train + n_val, size),
+        x_mean=x_mean.tolist(),
+        x_std=x_std.tolist(),
+        y_mean=[y_mean],
+        y_std=[y_std],
+        note=f"adding problem: {size} sequences of {length} steps (values, markers); answering the mean scores test MSE {1 / 6:.3f}",
+    )

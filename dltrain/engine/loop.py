@@ -51,7 +51,8 @@ class Phase:
     Most tasks have one phase; a GAN has two (discriminator "d" then generator "g"). `scaler` is a
     GradScaler, enabled only for trainer.precision=16 (disabled, each of its calls is a no-op);
     `closure`: the optimizer re-evaluates the loss itself (L-BFGS, CG, Newton); `clip_grad`: the largest
-    global gradient norm allowed.
+    global gradient norm allowed; `rule`: the model's own learning rule, ``rule(x, y, lr)``, applied
+    instead of a gradient step (optim=rule: the perceptron rule, a least-squares solve).
     """
 
     name: str
@@ -62,6 +63,7 @@ class Phase:
     scaler: torch.amp.GradScaler | None = None
     closure: bool = False
     clip_grad: float | None = None
+    rule: Callable[[torch.Tensor, torch.Tensor, float], None] | None = None
 
     def __post_init__(self) -> None:
         if self.scaler is None:
@@ -219,6 +221,16 @@ def fit(
                 for k, ph in enumerate(phases):
                     opt, scaler = ph.optimizer, ph.scaler
                     for _ in range(ph.repeat):
+                        if ph.rule is not None:  # no gradients: the batch's loss before the model's rule updates it
+
+                            def apply_rule(lr: float, ph=ph, x=x, y=y, weight=weight) -> torch.Tensor:
+                                loss = train_step(x, y, ph.name, weight)
+                                ph.rule(x, y, lr)
+                                return loss
+
+                            loss = opt.step(apply_rule)  # under no_grad; step hooks (EMA, SWA) run
+                            ph.schedule.after_step()
+                            continue
                         if ph.closure:  # quasi-Newton: the optimizer re-evaluates loss and gradient itself
 
                             def step_closure(backward: bool = True, opt=opt, ph=ph, x=x, y=y, weight=weight) -> torch.Tensor:

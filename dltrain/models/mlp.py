@@ -11,8 +11,18 @@ from dltrain.models.layers import Activation, make_activation
 from dltrain.schema import NonNegativeInt, PositiveInt, Probability
 
 
+class Residual(nn.Sequential):
+    """x + block(x): an identity shortcut around its layers (He et al. 2016)."""
+
+    def forward(self, x):
+        return x + super().forward(x)
+
+
 class MLP(nn.Sequential):
-    """Flatten -> [Linear -> (BatchNorm) -> activation -> (Dropout)] x layers -> Linear."""
+    """Flatten -> [Linear -> (BatchNorm) -> activation -> (Dropout)] x layers -> Linear.
+
+    `residual`: every hidden layer after the first (whose input and output widths are both
+    `hidden`) adds its input to its output, so a deep stack starts near the identity."""
 
     def __init__(
         self,
@@ -23,16 +33,18 @@ class MLP(nn.Sequential):
         activation: str,
         dropout: float,
         batchnorm: bool,
+        residual: bool = False,
     ) -> None:
         modules: list[nn.Module] = [nn.Flatten()]
         width = in_features
-        for _ in range(layers):
-            modules.append(nn.Linear(width, hidden, bias=not batchnorm))
+        for i in range(layers):
+            layer: list[nn.Module] = [nn.Linear(width, hidden, bias=not batchnorm)]
             if batchnorm:
-                modules.append(nn.BatchNorm1d(hidden))
-            modules.append(make_activation(activation))
+                layer.append(nn.BatchNorm1d(hidden))
+            layer.append(make_activation(activation))
             if dropout > 0:
-                modules.append(nn.Dropout(dropout))
+                layer.append(nn.Dropout(dropout))
+            modules += [Residual(*layer)] if residual and i > 0 else layer
             width = hidden
         modules.append(nn.Linear(width, out_features))
         super().__init__(*modules)
@@ -47,6 +59,7 @@ def mlp(
     activation: Activation = "relu",
     dropout: Probability = 0.0,
     batchnorm: bool = True,
+    residual: bool = False,
 ) -> MLP:
     """Multi-layer perceptron: `layers` hidden layers of width `hidden` (any input, flattened)."""
-    return MLP(math.prod(in_shape), out_features, hidden, layers, activation, dropout, batchnorm)
+    return MLP(math.prod(in_shape), out_features, hidden, layers, activation, dropout, batchnorm, residual)
