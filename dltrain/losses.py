@@ -87,7 +87,7 @@ def kl_div(label_smoothing: Probability = 0.1) -> nn.Module:
     return KLToTarget(label_smoothing)
 
 
-@LOSSES.register("mse", tasks=(*SUPERVISED, *RECONSTRUCTION), target="dense", input="probs")
+@LOSSES.register("mse", tasks=(*SUPERVISED, *RECONSTRUCTION, "rbm"), target="dense", input="probs")
 def mse() -> nn.Module:
     """Mean squared error (on softmax outputs vs one-hot for classification: the Brier score)."""
     return nn.MSELoss()

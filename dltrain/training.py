@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -55,6 +56,7 @@ RANK_ENTRY = "dltrain.rank"
 LOCK_HELD = "DLTRAIN_RUN_LOCK_HELD_BY_LAUNCHER"
 
 log = logging.getLogger("dltrain")
+PRETRAINING = "pretraining.json"  # a DBN's per-layer RBM metrics, written before training starts
 
 
 @dataclass
@@ -95,7 +97,7 @@ def build(spec: RunSpec, device: torch.device, fit_data: bool = True) -> Built:
         model: nn.Module = MODELS.build(model_cfg, key="model", **shapes)
         INITS.build(spec.init, key="init")(model)
         if fit_data and hasattr(model, "fit_data"):  # its seed from the run's RNG: ensemble members differ
-            model.fit_data(data.train.x, data.train.y, seed=int(torch.randint(2**31 - 1, ()).item()))
+            model.fit_data(data, seed=int(torch.randint(2**31 - 1, ()).item()))
         return model
 
     model = initialised()
@@ -319,6 +321,9 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
             run.write_config(config_yaml)
         with writing(run.path / plugins.RECORD):
             plugins.write_record(run.path)  # later verbs and resume load the same plugins
+        if getattr(model, "pretraining", None):  # a DBN's layer-wise pretraining: kept for the summary (resume does not redo it)
+            with writing(run.path / PRETRAINING):
+                (run.path / PRETRAINING).write_text(json.dumps(model.pretraining, indent=2) + "\n")
     start = None
     if resume is not None:
         start = restore(*resume, model=model, phases=phases, generator=generator)
@@ -440,6 +445,7 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
         "steps": result.steps,
         **_iteration_counts(phases),
         **(grad_norms.summary(result.history) if grad_norms else {}),
+        **({"pretraining": json_load(run.path / PRETRAINING)} if (run.path / PRETRAINING).is_file() else {}),
         "stopped_early": result.stopped_early,
         "train_seconds": round(result.train_seconds, 4),
         "compile_seconds": round(result.compile_seconds, 4),

@@ -29,6 +29,8 @@ MODELS = {
     "gan": ("model=gan", "model.hidden=32", "model.channels=8", "model.d_steps=2"),
     "perceptron": ("model=perceptron",),  # optim=rule: no gradients
     "rbf_gd": ("model=rbf", "model.solver=gd", "model.centers=16", "optim=adam"),  # k-means centres, not redone on resume
+    "rbm": ("model=rbm", "model.hidden=16", "model.persistent=true"),  # contrastive divergence: random draws, persistent chains
+    "dbn": ("model=dbn", "model.hidden=[16,16]", "model.pretrain_epochs=1"),  # pretrained before step 1, not again on resume
 }
 
 

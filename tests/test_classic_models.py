@@ -98,7 +98,7 @@ def test_the_rbf_network_solves_as_scikit_learns_kmeans_and_least_squares(compos
 
     d = split(compose, "model=rbf", f"data={data}")
     net = MODELS.build({"name": "rbf", "centers": k, "ridge": 0.0}, in_shape=d.in_shape, out_features=d.num_classes or d.target_dim).double()
-    net.fit_data(d.train.x, d.train.y, seed=7)
+    net.fit_data(d, seed=7)
     xtr, xte = d.train.x.flatten(1).double().numpy(), d.test.x.flatten(1).double().numpy()
     km = KMeans(n_clusters=k, n_init=3, random_state=7).fit(xtr)
     np.testing.assert_allclose(net.centers.detach().numpy(), km.cluster_centers_, atol=1e-9)

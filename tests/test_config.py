@@ -183,7 +183,7 @@ def check(compose, *overrides: str):
         (["trainer.device=gpu"], ["trainer.device='gpu'", "auto, cpu, cuda"]),
         (["reg=[l3]"], ["reg='l3'", "l1, l2"]),
         (["reg=[dropot]"], ["reg='dropot'", "did you mean 'dropout'?"]),
-        (["data=iris", "model=cnn"], ["model=cnn needs image input", "data=iris is table data", "models for it: mlp"]),
+        (["data=iris", "model=cnn"], ["model=cnn needs image input", "data=iris is table data", "models for it: dbn, mlp"]),
         (["data=sine", "model=cnn"], ["model=cnn", "data=sine is sequence data"]),
         (["data=diabetes", "loss=cross_entropy"], ["loss=cross_entropy does not apply to task regression", "mse"]),
         (["optim=lbfgs", "trainer.accumulate=2"], ["trainer.accumulate=2", "optim=lbfgs", "allowed: 1"]),

@@ -1,9 +1,9 @@
 """Rosenblatt's perceptron and radial-basis-function networks: models with a learning rule of their own.
 
 A model that learns by a rule rather than by back-propagation has a ``learn(x, y, lr)`` method
-(called under ``torch.no_grad`` by ``optim=rule``, once per batch) and, where its starting point
-depends on the data (an RBF network's centres), ``fit_data(x, y, seed)``, called once on the
-training split before the first step.
+(called under ``torch.no_grad`` by ``optim=rule``, once per batch). A model whose starting point
+depends on the data (an RBF network's centres, a DBN's pretrained layers) has
+``fit_data(data, seed)``, called once with the run's DataBundle before the first step.
 """
 
 from __future__ import annotations
@@ -99,10 +99,10 @@ class RBFNetwork(nn.Module):
         return self.linear(self.basis(x))
 
     @torch.no_grad()
-    def fit_data(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> None:
+    def fit_data(self, data, seed: int) -> None:
         from sklearn.cluster import KMeans
 
-        flat = self.flatten(x).double().cpu().numpy()
+        flat = self.flatten(data.train.x).double().cpu().numpy()
         k = self.centers.shape[0]
         if k > len(flat):
             from dltrain.errors import ConfigError
