@@ -181,7 +181,7 @@ class Run:
         import numpy as np
 
         from dltrain.analysis.common import predict_outputs
-        from dltrain.analysis.predict import check_finite, fit_shape, normalize, prediction_rows, read_inputs
+        from dltrain.analysis.predict import check_finite, fit_shape, normalize, prediction_rows, read_inputs, tokens_of
 
         loaded = self.loaded(ckpt)
         data = loaded.built.data
@@ -193,6 +193,8 @@ class Run:
                 raise UserError(f"predict: the inputs are {array.dtype} values; give numbers")
             raw = fit_shape(array.astype(np.float32), data.in_shape, Path("<array>"), data.name)
             names = [str(i) for i in range(len(raw))]
-        check_finite(raw, names, Path("<array>") if not isinstance(x, (str, Path)) else Path(x))
-        outputs = predict_outputs(loaded.built.model, normalize(data, raw), 1024)
-        return prediction_rows(data, loaded.built.spec.task, outputs, names)
+        where = Path("<array>") if not isinstance(x, (str, Path)) else Path(x)
+        check_finite(raw, names, where)
+        inputs = tokens_of(raw, data, where) if data.kind == "tokens" else normalize(data, raw)
+        outputs = predict_outputs(loaded.built.model, inputs, 1024)
+        return prediction_rows(data, loaded.built.spec.task, outputs, names, inputs)

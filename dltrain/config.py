@@ -185,6 +185,8 @@ def validate(cfg: Mapping[str, Any]) -> RunSpec:
         raise ConfigError("cv.k", cv.k, "one fold leaves nothing to validate on; allowed: 0 (the data's own split) or 2 and more")
     if cv.fold >= max(cv.k, 1):
         raise ConfigError("cv.fold", cv.fold, f"allowed: 0 to {cv.k - 1} (cv.k={cv.k})" if cv.k else "allowed: 0 (cv.k=0: no folds)")
+    if cv.k and task == "seq2seq":
+        raise ConfigError("cv.k", cv.k, f"folds are stratified by class, and data={data_entry.name}'s targets are sequences; allowed: 0")
     if cv.k and data_entry.meta["task"] == "forecasting":
         raise ConfigError("cv.k", cv.k, f"k-fold cross-validation would mix data={data_entry.name}'s future into its past; allowed: 0")
     if distill.teacher is not None and OPTIMIZERS.get(parts["optim"]["name"]).meta.get("rule"):

@@ -25,7 +25,7 @@ def smooth(one_hot: torch.Tensor, eps: float) -> torch.Tensor:
     return one_hot if eps == 0 else one_hot * (1 - eps) + eps / one_hot.shape[-1]
 
 
-@LOSSES.register("cross_entropy", tasks=("classification",), target="index")
+@LOSSES.register("cross_entropy", tasks=("classification", "seq2seq"), target="index")
 def cross_entropy(label_smoothing: Probability = 0.0) -> nn.Module:
     """Softmax cross-entropy on logits (optionally label-smoothed)."""
     return nn.CrossEntropyLoss(label_smoothing=label_smoothing)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dltrain.analysis.common import RunOptions, open_run, output_dir, predict_outputs, print_table, to_target_units, write_csv
+from dltrain.analysis.common import SUPERVISED, RunOptions, open_run, output_dir, predict_outputs, print_table, to_target_units, write_csv
 from dltrain.data.base import DataBundle
 from dltrain.errors import UserError
 from dltrain.schema import PositiveInt
@@ -39,14 +39,14 @@ def run_predict(opts: PredictOptions) -> int:
         raise UserError(f"input={opts.input!r} does not exist")
     if opts.output and Path(opts.output).is_dir():
         raise UserError(f"output={opts.output!r} is a folder; give a file name, e.g. output={Path(opts.output) / 'predictions.csv'}")
-    loaded = open_run(opts, "predict")
+    loaded = open_run(opts, "predict", (*SUPERVISED, "seq2seq"))
     built = loaded.built
     data = built.data
     raw, names = read_inputs(source, data)
     check_finite(raw, names, source)
-    x = normalize(data, raw)
+    x = tokens_of(raw, data, source) if data.kind == "tokens" else normalize(data, raw)
     outputs = predict_outputs(built.model, x, opts.batch_size)
-    rows = prediction_rows(data, built.spec.task, outputs, names)
+    rows = prediction_rows(data, built.spec.task, outputs, names, x)
     target = Path(opts.output) if opts.output else output_dir(loaded, "predict") / "predictions.csv"
     target.parent.mkdir(parents=True, exist_ok=True)
     write_csv(target, rows)
@@ -206,8 +206,26 @@ def normalize(data: DataBundle, raw: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(((raw - mean) / std).astype(np.float32))
 
 
-def prediction_rows(data: DataBundle, task: str, outputs: torch.Tensor, names: list[str]) -> list[dict]:
-    """Classification: class, index, confidence and a probability per class; else the values."""
+def tokens_of(raw: np.ndarray, data: DataBundle, source: Path) -> torch.Tensor:
+    """Token sequences as the model reads them: whole numbers from 0 to the vocabulary's size - 1."""
+    bad = (raw != np.round(raw)) | (raw < 0) | (raw >= data.num_classes)
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise UserError(f"input={source}: row {row}, column {col} holds {raw[row, col]:g}, not a token; allowed: whole numbers 0 to {data.num_classes - 1}")
+    return torch.from_numpy(raw.astype(np.int64))
+
+
+def prediction_rows(data: DataBundle, task: str, outputs: torch.Tensor, names: list[str], inputs: torch.Tensor | None = None) -> list[dict]:
+    """Classification: class, index, confidence and a probability per class; a sequence-to-sequence
+    run: the input and the greedily decoded tokens (and their mean probability); else the values."""
+    if task == "seq2seq":
+        probs = outputs.softmax(-1)
+        conf, tokens = probs.max(-1)
+        vocab = data.class_names or [str(i) for i in range(probs.shape[-1])]
+        return [
+            {"input": name, "input_tokens": " ".join(vocab[int(t)] for t in x), "pred_tokens": " ".join(vocab[int(t)] for t in tok), "confidence": float(c.mean())}
+            for name, x, tok, c in zip(names, inputs, tokens, conf, strict=True)
+        ]
     if task == "classification":
         probs = outputs.softmax(-1)
         classes = data.class_names or [str(i) for i in range(probs.shape[1])]

@@ -35,7 +35,7 @@ class DataBundle:
     """Train/val/test splits plus what the builder needs to size the model and pick the task."""
 
     name: str
-    kind: Literal["image", "table", "sequence"]
+    kind: Literal["image", "table", "sequence", "tokens"]  # tokens: integer token sequences (N, T), num_classes the vocabulary
     task: str  # the default task for this data: classification, regression or forecasting
     train: Split
     val: Split

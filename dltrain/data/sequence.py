@@ -1,4 +1,4 @@
-"""Generated time series for forecasting: a noisy sum of sines and the Mackey-Glass system."""
+"""Generated sequences: series for forecasting (a noisy sum of sines, the Mackey-Glass system), the adding problem, and token sequences to reverse."""
 
 from __future__ import annotations
 
@@ -155,4 +155,35 @@ def adding(
         y_mean=[y_mean],
         y_std=[y_std],
         note=f"adding problem: {size} sequences of {length} steps (values, markers); answering the mean scores test MSE {1 / 6:.3f}",
+    )
+
+
+@DATASETS.register("reverse", kind="tokens", task="seq2seq")
+def reverse(
+    length: PositiveInt = 10,
+    vocab: Annotated[int, Range(2)] = 10,
+    size: Annotated[int, Range(10)] = 10000,
+    val_fraction: Fraction = 0.1,
+    test_fraction: Fraction = 0.1,
+    seed: NonNegativeInt = 0,
+) -> DataBundle:
+    """Reverse a sequence of tokens: the classic sequence-to-sequence toy task (Sutskever et al. 2014)."""
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(rng.integers(0, vocab, (size, length)))
+    y = x.flip(1).contiguous()
+    n_test = int(size * test_fraction)
+    n_val = int((size - n_test) * val_fraction)
+    n_train = size - n_val - n_test
+    if n_train < 1 or n_val < 1 or n_test < 1:
+        raise UserError(f"data.size={size} with data.val_fraction={val_fraction} and data.test_fraction={test_fraction} leaves an empty split; use a larger data.size")
+    return DataBundle(
+        name="reverse",
+        kind="tokens",
+        task="seq2seq",
+        train=Split(x[:n_train], y[:n_train]),
+        val=Split(x[n_train : n_train + n_val], y[n_train : n_train + n_val]),
+        test=Split(x[n_train + n_val :], y[n_train + n_val :]),
+        num_classes=vocab,
+        class_names=[str(i) for i in range(vocab)],
+        note=f"reverse: {size} sequences of {length} tokens from a vocabulary of {vocab}",
     )

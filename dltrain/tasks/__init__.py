@@ -4,7 +4,7 @@ A task turns a model output and a target into a loss, accumulates evaluation sta
 device (no host sync per batch) and turns them into metrics once per evaluation.
 """
 
-from dltrain.tasks import energy, generative, supervised  # noqa: F401  (registration)
+from dltrain.tasks import energy, generative, seq2seq, supervised  # noqa: F401  (registration)
 from dltrain.tasks.base import TASKS
 
 __all__ = ["TASKS"]
