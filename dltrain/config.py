@@ -175,7 +175,7 @@ def validate(cfg: Mapping[str, Any]) -> RunSpec:
     for section in (trainer.checkpoint, trainer.early_stop):
         if section.monitor == "auto":
             section.monitor = task_cls.monitor
-    _check_compatible(parts, reg, trainer, task, task_cls, data_entry, MODELS, LOSSES, OPTIMIZERS, REGULARIZERS)
+    _check_compatible(parts, reg, trainer, task, task_cls, data_entry, MODELS, LOSSES, OPTIMIZERS, REGULARIZERS, DATASETS)
     distill = parse_dataclass(DistillConfig, cfg.get("distill"), "distill")
     cv = parse_dataclass(CvConfig, cfg.get("cv"), "cv")
     sweep = check_sweep(parse_dataclass(SweepConfig, cfg.get("sweep"), "sweep"), task_cls, cv.k)
@@ -199,7 +199,7 @@ def validate(cfg: Mapping[str, Any]) -> RunSpec:
     return RunSpec(seed=seed, task=task, reg=reg, trainer=trainer, batch_size=batch_size, shift=shift, sweep=sweep, expected=expected, distill=distill, cv=cv, ensemble=ensemble, **parts)
 
 
-def _check_compatible(parts, reg, trainer, task, task_cls, data_entry, MODELS, LOSSES, OPTIMIZERS, REGULARIZERS) -> None:
+def _check_compatible(parts, reg, trainer, task, task_cls, data_entry, MODELS, LOSSES, OPTIMIZERS, REGULARIZERS, DATASETS) -> None:
     """Cross-section rules that no single section can check on its own."""
     model = MODELS.get(parts["model"]["name"])
     if parts["model"].get("conditional") and data_entry.meta["task"] != "classification":
@@ -212,7 +212,7 @@ def _check_compatible(parts, reg, trainer, task, task_cls, data_entry, MODELS, L
             f"models for it: {', '.join(fits)}"
         )
     if model.meta.get("task") == "classification" and data_entry.meta["task"] != "classification":
-        fits = [e.name for e in _datasets() if e.meta["task"] == "classification" and e.meta["kind"] in model.meta["inputs"]]
+        fits = [e.name for e in DATASETS if e.meta["task"] == "classification" and e.meta["kind"] in model.meta["inputs"]]
         raise ConfigError("data", data_entry.name, f"model={model.name} classifies, and data={data_entry.name} has real-valued targets; allowed: {', '.join(fits)}")
     if task == "classification" and data_entry.meta["task"] != "classification":
         raise UserError(f"task=classification needs labelled data, but data={data_entry.name} has real-valued targets; use task=regression")
@@ -250,12 +250,6 @@ def _check_compatible(parts, reg, trainer, task, task_cls, data_entry, MODELS, L
     for key, value in (("trainer.early_stop.monitor", trainer.early_stop.monitor), ("trainer.checkpoint.monitor", trainer.checkpoint.monitor)):
         if value not in allowed:
             raise unknown_choice(key, value, allowed)
-
-
-def _datasets():
-    from dltrain.data import DATASETS
-
-    return DATASETS
 
 
 def learns_by_rule(model_entry, model_cfg: Mapping[str, Any]) -> bool:

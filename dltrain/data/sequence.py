@@ -102,6 +102,17 @@ def mackey_glass(
     return forecasting_bundle("mackey_glass", mackey_glass_series(length, tau=tau, seed=seed), window, horizon, val_fraction, test_fraction)
 
 
+def split_sizes(size: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
+    """(train, val, test) sizes of `size` generated examples; as every dataset's, val is a fraction
+    of what the test split leaves. An empty split is one line naming the keys."""
+    n_test = int(size * test_fraction)
+    n_val = int((size - n_test) * val_fraction)
+    n_train = size - n_val - n_test
+    if n_train < 1 or n_val < 1 or n_test < 1:
+        raise UserError(f"data.size={size} with data.val_fraction={val_fraction} and data.test_fraction={test_fraction} leaves an empty split; use a larger data.size")
+    return n_train, n_val, n_test
+
+
 def adding_problem(n: int, length: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """`n` sequences of `length` steps with two features, a value drawn from U(0, 1) and a marker,
     1 at two steps (one in each half) and 0 elsewhere; the target is the sum of the two marked
@@ -129,11 +140,7 @@ def adding(
     """The adding problem: sum the two marked values of a long sequence (a long-range memory test; answering 1 scores MSE 1/6)."""
     rng = np.random.default_rng(seed)
     x, y = adding_problem(size, length, rng)
-    n_test = int(size * test_fraction)
-    n_val = int((size - n_test) * val_fraction)  # as every dataset: val is a fraction of what the test split leaves
-    n_train = size - n_val - n_test
-    if n_train < 1 or n_val < 1 or n_test < 1:
-        raise UserError(f"data.size={size} with data.val_fraction={val_fraction} and data.test_fraction={test_fraction} leaves an empty split; use a larger data.size")
+    n_train, n_val, n_test = split_sizes(size, val_fraction, test_fraction)
     # each feature (value, marker) standardised over the training sequences' steps; the target too, its metrics in its own units
     x_mean, x_std = x[:n_train].mean((0, 1), dtype=np.float64), x[:n_train].std((0, 1), dtype=np.float64)
     y_mean, y_std = float(y[:n_train].mean()), float(y[:n_train].std()) or 1.0
@@ -171,11 +178,7 @@ def reverse(
     rng = np.random.default_rng(seed)
     x = torch.from_numpy(rng.integers(0, vocab, (size, length)))
     y = x.flip(1).contiguous()
-    n_test = int(size * test_fraction)
-    n_val = int((size - n_test) * val_fraction)
-    n_train = size - n_val - n_test
-    if n_train < 1 or n_val < 1 or n_test < 1:
-        raise UserError(f"data.size={size} with data.val_fraction={val_fraction} and data.test_fraction={test_fraction} leaves an empty split; use a larger data.size")
+    n_train, n_val, n_test = split_sizes(size, val_fraction, test_fraction)
     return DataBundle(
         name="reverse",
         kind="tokens",
