@@ -115,6 +115,7 @@ def validate(cfg: Mapping[str, Any]) -> RunSpec:
     from omegaconf import DictConfig, OmegaConf, open_dict
 
     from dltrain.data import DATASETS, LOADER_KEYS
+    from dltrain.data.base import data_kind, data_task
     from dltrain.engine.loggers import LOGGERS
     from dltrain.losses import LOSSES
     from dltrain.models import MODELS
@@ -140,7 +141,8 @@ def validate(cfg: Mapping[str, Any]) -> RunSpec:
             raise unknown_key(str(k), TOP_LEVEL, "the config")
 
     registries = dict(model=MODELS, data=DATASETS, loss=LOSSES, optim=OPTIMIZERS, sched=SCHEDULES, init=INITS, logger=LOGGERS, optim_d=OPTIMIZERS, sched_d=SCHEDULES)
-    parts = {s: _component(registries[s], cfg.get(s), s, LOADER_KEYS if s == "data" else ()) for s in COMPONENT_SECTIONS}
+    auto_loss = isinstance(cfg.get("loss"), Mapping) and cfg["loss"].get("name") == "auto"  # loss=auto: chosen below, by the task
+    parts = {s: _component(registries[s], cfg.get(s), s, LOADER_KEYS if s == "data" else ()) for s in COMPONENT_SECTIONS if not (s == "loss" and auto_loss)}
     parts.update({s: _component(registries[s], cfg[s], s) for s in OPTIONAL_SECTIONS if cfg.get(s) is not None})
     batch_size = check_value("data.batch_size", (cfg.get("data") or {}).get("batch_size", 64), PositiveInt)
     shift = check_value("data.shift", (cfg.get("data") or {}).get("shift", 0), NonNegativeInt)
@@ -161,8 +163,12 @@ def validate(cfg: Mapping[str, Any]) -> RunSpec:
 
     data_entry = DATASETS.get(parts["data"]["name"])
     model_entry = MODELS.get(parts["model"]["name"])
-    task = cfg.get("task") or model_entry.meta.get("task") or data_entry.meta["task"]
+    # a user's file decides these from what it holds (data=table: the target column's values)
+    kind, data_tasks = data_kind(data_entry, parts["data"]), data_task(data_entry, parts["data"], cfg.get("task"))
+    task = cfg.get("task") or model_entry.meta.get("task") or data_tasks
     task_cls = TASKS.get(str(task), "task").fn
+    if auto_loss:
+        parts["loss"] = _component(LOSSES, {**cfg["loss"], "name": auto_loss_for(str(task), LOSSES)}, "loss")
     if model_entry.meta.get("task") and task != model_entry.meta["task"]:
         raise ConfigError("task", task, f"model={model_entry.name} trains as task {model_entry.meta['task']}; allowed: {model_entry.meta['task']} or null")
     if "d" in task_cls.phases:
@@ -175,7 +181,7 @@ def validate(cfg: Mapping[str, Any]) -> RunSpec:
     for section in (trainer.checkpoint, trainer.early_stop):
         if section.monitor == "auto":
             section.monitor = task_cls.monitor
-    _check_compatible(parts, reg, trainer, task, task_cls, data_entry, MODELS, LOSSES, OPTIMIZERS, REGULARIZERS, DATASETS)
+    _check_compatible(parts, reg, trainer, task, task_cls, data_entry, kind, data_tasks, MODELS, LOSSES, OPTIMIZERS, REGULARIZERS, DATASETS)
     distill = parse_dataclass(DistillConfig, cfg.get("distill"), "distill")
     cv = parse_dataclass(CvConfig, cfg.get("cv"), "cv")
     sweep = check_sweep(parse_dataclass(SweepConfig, cfg.get("sweep"), "sweep"), task_cls, cv.k)
@@ -187,34 +193,48 @@ def validate(cfg: Mapping[str, Any]) -> RunSpec:
         raise ConfigError("cv.fold", cv.fold, f"allowed: 0 to {cv.k - 1} (cv.k={cv.k})" if cv.k else "allowed: 0 (cv.k=0: no folds)")
     if cv.k and task == "seq2seq":
         raise ConfigError("cv.k", cv.k, f"folds are stratified by class, and data={data_entry.name}'s targets are sequences; allowed: 0")
-    if cv.k and data_entry.meta["task"] == "forecasting":
+    if cv.k and data_tasks == "forecasting":
         raise ConfigError("cv.k", cv.k, f"k-fold cross-validation would mix data={data_entry.name}'s future into its past; allowed: 0")
     if distill.teacher is not None and OPTIMIZERS.get(parts["optim"]["name"]).meta.get("rule"):
         raise ConfigError("distill.teacher", distill.teacher, f"model={model_entry.name} learns by its own rule, which a teacher's soft targets do not change; allowed: null")
     if distill.teacher is not None and task != "classification":
         raise ConfigError("distill.teacher", distill.teacher, f"distillation matches class probabilities, and task {task} has none; allowed: null, or a classification run")
     expected = check_expected(cfg.get("expected"), task_cls, grad_norms=trainer.log_grad_norms, averaged=bool(trainer.ema.decay or trainer.swa.start), ensemble=ensemble.size > 1)
-    if shift and data_entry.meta["kind"] != "image":
-        raise ConfigError("data.shift", shift, f"data={data_entry.name} is {data_entry.meta['kind']} data, not images; allowed: 0")
+    if shift and kind != "image":
+        raise ConfigError("data.shift", shift, f"data={data_entry.name} is {kind} data, not images; allowed: 0")
     return RunSpec(seed=seed, task=task, reg=reg, trainer=trainer, batch_size=batch_size, shift=shift, sweep=sweep, expected=expected, distill=distill, cv=cv, ensemble=ensemble, **parts)
 
 
-def _check_compatible(parts, reg, trainer, task, task_cls, data_entry, MODELS, LOSSES, OPTIMIZERS, REGULARIZERS, DATASETS) -> None:
-    """Cross-section rules that no single section can check on its own."""
+# loss=auto: the usual loss of each task the data can decide
+AUTO_LOSS = {"classification": "cross_entropy", "regression": "mse", "forecasting": "mse"}
+
+
+def auto_loss_for(task: str, LOSSES) -> str:
+    """loss=auto's choice for `task`: AUTO_LOSS, else the first loss registered for it."""
+    if task in AUTO_LOSS:
+        return AUTO_LOSS[task]
+    fits = [e.name for e in LOSSES if task in e.meta["tasks"]]
+    if not fits:
+        raise ConfigError("loss", "auto", f"no loss is registered for task {task}")
+    return fits[0]
+
+
+def _check_compatible(parts, reg, trainer, task, task_cls, data_entry, kind, data_tasks, MODELS, LOSSES, OPTIMIZERS, REGULARIZERS, DATASETS) -> None:
+    """Cross-section rules that no single section can check on its own (`kind` and `data_tasks`:
+    the data's kind of input and the task its targets call for)."""
     model = MODELS.get(parts["model"]["name"])
-    if parts["model"].get("conditional") and data_entry.meta["task"] != "classification":
+    if parts["model"].get("conditional") and data_tasks != "classification":
         raise ConfigError("model.conditional", True, f"data={data_entry.name} has no class labels to condition on; allowed: false")
-    kind = data_entry.meta["kind"]
     if kind not in model.meta["inputs"]:
         fits = [e.name for e in MODELS if kind in e.meta["inputs"]]
         raise UserError(
             f"model={model.name} needs {' or '.join(model.meta['inputs'])} input, but data={data_entry.name} is {kind} data; "
             f"models for it: {', '.join(fits)}"
         )
-    if model.meta.get("task") == "classification" and data_entry.meta["task"] != "classification":
+    if model.meta.get("task") == "classification" and data_tasks != "classification":
         fits = [e.name for e in DATASETS if e.meta["task"] == "classification" and e.meta["kind"] in model.meta["inputs"]]
         raise ConfigError("data", data_entry.name, f"model={model.name} classifies, and data={data_entry.name} has real-valued targets; allowed: {', '.join(fits)}")
-    if task == "classification" and data_entry.meta["task"] != "classification":
+    if task == "classification" and data_tasks != "classification":
         raise UserError(f"task=classification needs labelled data, but data={data_entry.name} has real-valued targets; use task=regression")
 
     loss = LOSSES.get(parts["loss"]["name"])

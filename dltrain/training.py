@@ -57,6 +57,7 @@ LOCK_HELD = "DLTRAIN_RUN_LOCK_HELD_BY_LAUNCHER"
 
 log = logging.getLogger("dltrain")
 PRETRAINING = "pretraining.json"  # a DBN's per-layer RBM metrics, written before training starts
+PREPROCESSING = "preprocessing.json"  # a user's own data: what was fitted on its training split (columns, imputation, encodings)
 
 
 @dataclass
@@ -81,7 +82,7 @@ def build(spec: RunSpec, device: torch.device, fit_data: bool = True) -> Built:
     """Data, task, model (initialised, on `device`) and regularizers for `spec`. A model whose
     start depends on the data (an RBF network's k-means centres) is fitted to the training split
     unless `fit_data` is false (weights about to be loaded)."""
-    data = DATASETS.build(spec.data, key="data")
+    data = DATASETS.build(spec.data, key="data", task=spec.task)  # task: what a user's table is read as (task=regression on integers)
     if spec.cv.k:
         data = fold_split(data, spec.cv.k, spec.cv.fold, seed=int(spec.data.get("split_seed", spec.seed)))
     check_data(data, spec)
@@ -321,6 +322,9 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
             run.write_config(config_yaml)
         with writing(run.path / plugins.RECORD):
             plugins.write_record(run.path)  # later verbs and resume load the same plugins
+        if data.prep is not None:  # the steps predict applies to raw files of the same kind
+            with writing(run.path / PREPROCESSING):
+                (run.path / PREPROCESSING).write_text(json.dumps(data.prep, indent=2) + "\n")
         if getattr(model, "pretraining", None):  # a DBN's layer-wise pretraining: kept for the summary (resume does not redo it)
             with writing(run.path / PRETRAINING):
                 (run.path / PRETRAINING).write_text(json.dumps(model.pretraining, indent=2) + "\n")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import own_data
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ from torch import nn
 
 from dltrain.config import learns_by_rule, validate
 from dltrain.data import DATASETS, DataBundle, Split
+from dltrain.data.base import data_kind, data_task
 from dltrain.engine.rundir import load_weights, weights_sha256
 from dltrain.errors import UserError
 from dltrain.losses import LOSSES
@@ -444,7 +446,9 @@ def test_batchnorm_survives_a_last_batch_of_one(train_run) -> None:
 
 
 def build_data(name: str, **params: Any) -> DataBundle:
-    if "root" in DATASETS.get(name).params():
+    if name in own_data.SOURCES:  # a user's own data: the sample file of its kind
+        params = {**own_data.params(name), **params}
+    elif "root" in DATASETS.get(name).params():
         params = {"root": str(LOCAL_FILES[name]), "download": False, **params}
     return DATASETS.build({"name": name, **params})
 
@@ -458,7 +462,7 @@ def rows(split: Split) -> set[bytes]:
 @pytest.mark.parametrize("name", DATASETS.names())
 def test_dataset_builds_disjoint_normalised_seeded_splits(name: str, tmp_path) -> None:
     entry = DATASETS.get(name)
-    if "root" in entry.params():
+    if "download" in entry.params():
         if name not in LOCAL_FILES:  # no local copy: without download it is a one-line UserError
             with pytest.raises(UserError, match=r"data\.root=.*has no .* files and download is off"):
                 DATASETS.build({"name": name, "root": str(tmp_path), "download": False})
@@ -466,7 +470,8 @@ def test_dataset_builds_disjoint_normalised_seeded_splits(name: str, tmp_path) -
         if not LOCAL_FILES[name].is_dir():
             pytest.skip(f"{LOCAL_FILES[name]} is absent")
     data = build_data(name)
-    assert (data.name, data.kind, data.task) == (name, entry.meta["kind"], entry.meta["task"])
+    own = own_data.params(name) if name in own_data.SOURCES else {}
+    assert (data.name, data.kind, data.task) == (name, data_kind(entry, own), data_task(entry, own))
     assert min(len(data.train), len(data.val), len(data.test)) > 0
     assert len(data.train) > len(data.val) and len(data.train) > len(data.test)
     # normalised on train (token ids are not numbers to scale)
@@ -492,7 +497,7 @@ def test_dataset_builds_disjoint_normalised_seeded_splits(name: str, tmp_path) -
 
 @pytest.mark.parametrize("name", [n for n in DATASETS.names() if "test_fraction" in DATASETS.get(n).params()])
 def test_dataset_fractions(name: str) -> None:
-    if "root" in DATASETS.get(name).params() and not (name in LOCAL_FILES and LOCAL_FILES[name].is_dir()):
+    if "download" in DATASETS.get(name).params() and not (name in LOCAL_FILES and LOCAL_FILES[name].is_dir()):
         pytest.skip("no local copy")
     a = build_data(name, val_fraction=0.25, test_fraction=0.2)
     b = build_data(name, val_fraction=0.1, test_fraction=0.4)

@@ -6,12 +6,14 @@ import dataclasses
 import typing
 from typing import Any
 
+import own_data
 import pytest
 from omegaconf import OmegaConf
 
 from dltrain.composition import config_dir, groups
 from dltrain.config import TrainerConfig, validate
 from dltrain.data import DATASETS, LOADER_KEYS
+from dltrain.data.base import data_kind, data_task
 from dltrain.engine.loggers import LOGGERS
 from dltrain.errors import UserError
 from dltrain.losses import LOSSES
@@ -40,6 +42,8 @@ EXPERIMENT_GROUPS = ("hparams_search", "launcher", "recipe")
 DATA_FOR_TASK = {"classification": "digits", "regression": "diabetes", "forecasting": "sine"}
 TRAINER_HINTS = typing.get_type_hints(TrainerConfig, include_extras=True)
 CHOICES = [(g, c) for g, cs in groups().items() for c in cs]
+# choices that are not registry entries: reg=none (no regularizer), loss=auto (the task's usual loss)
+NOT_ENTRIES = {("reg", "none"): {}, ("loss", "auto"): {"name": "auto"}}
 
 
 def read_choice(group: str, choice: str) -> dict[str, Any]:
@@ -55,6 +59,15 @@ def first_data_for(kind: str) -> str:
     return next(e.name for e in DATASETS if e.meta["kind"] == kind and "root" not in e.params())
 
 
+def data_overrides(choice: str) -> list[str]:
+    """A user's own data needs its file: the sample one of tests/own_data.py."""
+    return own_data.overrides(choice) if choice in own_data.SOURCES else []
+
+
+def kind_of(choice: str) -> str:
+    return data_kind(DATASETS.get(choice), own_data.params(choice) if choice in own_data.SOURCES else {})
+
+
 def is_preset(group: str, choice: str) -> bool:
     """A file that presets a registered entry under another name (e.g. optim=dcgan is adam)."""
     return group in REGISTRIES and group != "reg" and choice not in REGISTRIES[group]
@@ -68,13 +81,15 @@ def companions(group: str, choice: str) -> list[str]:
         return ["model=gan"]
     if group == "optim" and choice in OPTIMIZERS and OPTIMIZERS.get(choice).meta.get("rule"):
         return [f"model={next(e.name for e in MODELS if e.meta.get('rule'))}"]
+    if group == "loss" and choice == "auto":
+        return []
     if group == "loss":
         task = LOSSES.get(choice).meta["tasks"][0]
         model = next((e.name for e in MODELS if e.meta.get("task") == task), None)
         return [f"model={model}"] if model else [f"data={DATA_FOR_TASK[task]}"]
     if group == "data":
-        kind = DATASETS.get(choice).meta["kind"]
-        return [f"model={next(e.name for e in MODELS if kind in e.meta['inputs'])}"]
+        kind = kind_of(choice)
+        return [f"model={next(e.name for e in MODELS if kind in e.meta['inputs'])}", *data_overrides(choice)]
     if group == "reg" and choice in REGULARIZERS:
         built = REGULARIZERS.build({"name": choice})
         out = []
@@ -97,15 +112,16 @@ def test_every_group_is_a_registry_or_the_trainer() -> None:
 def test_every_entry_has_a_file_and_every_file_an_entry(group: str) -> None:
     files = set(groups()[group])
     entries = set(REGISTRIES[group].names())
-    if group == "reg":
-        assert read_choice("reg", "none") == {}
-        files.discard("none")
+    for (g, choice), node in NOT_ENTRIES.items():
+        if g == group:
+            assert read_choice(group, choice) == node
+            files.discard(choice)
     presets = {f for f in files if is_preset(group, f)}
     assert all(read_choice(group, p)["name"] in entries for p in presets)
     assert files - presets == entries
 
 
-@pytest.mark.parametrize(("group", "choice"), [(g, c) for g, c in CHOICES if g in REGISTRIES and not (g == "reg" and c == "none")])
+@pytest.mark.parametrize(("group", "choice"), [(g, c) for g, c in CHOICES if g in REGISTRIES and (g, c) not in NOT_ENTRIES])
 def test_config_file_equals_registry_defaults(group: str, choice: str) -> None:
     node = read_choice(group, choice)
     if is_preset(group, choice):  # every key a valid parameter, and at least one differing from the entry's default
@@ -122,7 +138,7 @@ def test_config_file_equals_registry_defaults(group: str, choice: str) -> None:
         assert set(LOADER_KEYS) == {"batch_size", "shift"}
         assert check_value("data.batch_size", params.pop("batch_size"), int) >= 1
         shift = params.pop("shift", None)  # image data offers data.shift (augmentation), off by default
-        assert (shift == 0) if REGISTRIES[group].get(choice).meta["kind"] == "image" else shift is None
+        assert (shift == 0) if REGISTRIES[group].get(choice).meta["kind"] == "image" else shift is None  # data=arrays' kind is its file's
     assert params == REGISTRIES[group].get(choice).defaults()
 
 
@@ -146,11 +162,15 @@ def test_every_choice_composes_and_validates(compose, group: str, choice: str) -
         for key, value in read_choice("trainer", choice).items():
             if not isinstance(value, dict):
                 assert getattr(spec.trainer, key) == check_value(key, value, TRAINER_HINTS[key])
+    elif group == "loss" and choice == "auto":
+        assert spec.loss == {"name": "cross_entropy", "label_smoothing": 0.0}  # the default data, digits, is classified
     elif group not in EXPERIMENT_GROUPS and not is_preset(group, choice):
         section = getattr(spec, group)
         assert section["name"] == choice
-        assert {k: v for k, v in section.items() if k != "name"} == REGISTRIES[group].get(choice).defaults()
-    assert spec.task == MODELS.get(spec.model["name"]).meta.get("task", DATASETS.get(spec.data["name"]).meta["task"])
+        own = own_data.params(choice) if group == "data" and choice in own_data.SOURCES else {}
+        assert {k: v for k, v in section.items() if k != "name"} == {**REGISTRIES[group].get(choice).defaults(), **own}
+    data = {k: v for k, v in spec.data.items() if k != "name"}
+    assert spec.task == MODELS.get(spec.model["name"]).meta.get("task", data_task(DATASETS.get(spec.data["name"]), data))
     assert spec.task in LOSSES.get(spec.loss["name"]).meta["tasks"]
 
 

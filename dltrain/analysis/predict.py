@@ -60,6 +60,8 @@ def read_inputs(source: Path, data: DataBundle) -> tuple[np.ndarray, list[str]]:
     """Raw inputs shaped (N, *in_shape) and a name per example (file name or row number)."""
     in_shape = data.in_shape
     suffix = source.suffix.lower()
+    if data.prep is not None and data.prep.get("kind", "table") == "table":  # data=table: raw rows with the training file's columns
+        return read_own_table(source, data)
     if source.is_dir() or suffix in IMAGE_SUFFIXES:
         files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if source.is_dir() else [source]
         if not files:
@@ -75,6 +77,18 @@ def read_inputs(source: Path, data: DataBundle) -> tuple[np.ndarray, list[str]]:
         raise UserError(f"input={str(source)!r}: unknown file type {suffix or '(none)'!r}; give a .csv, .npz, .npy, an image or a folder of images")
     x = fit_shape(array, in_shape, source, data.name)
     return x, [str(i) for i in range(len(x))]
+
+
+def read_own_table(source: Path, data: DataBundle) -> tuple[np.ndarray, list[str]]:
+    """A table run's input: a file of the kind it was trained on (any column order; the target
+    and other extra columns are ignored), through the preprocessing fitted on its training split."""
+    from dltrain.data.table import ALLOWED, SUFFIXES, apply_prep, read_table
+
+    if source.is_dir() or source.suffix.lower() not in SUFFIXES:
+        raise UserError(f"input={str(source)!r}: this run was trained on a table ({data.prep['source']}); give {ALLOWED} with its columns")
+    frame = read_table(source)
+    frame.columns = [str(c) for c in frame.columns]
+    return apply_prep(data.prep, frame, str(source)), [str(i) for i in range(len(frame))]
 
 
 def check_finite(raw: np.ndarray, names: list[str], source: Path) -> None:

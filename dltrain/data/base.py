@@ -51,6 +51,9 @@ class DataBundle:
     # Raw pixel range of image data (digits: 0..16, MNIST: 0..1), for generative models.
     pixel_range: tuple[float, float] | None = None
     note: str = ""
+    # A user's own file: how raw records become the inputs (columns, imputation, encodings, image
+    # size), as JSON, so predict and export apply the same steps (data/table.py, data/folder.py).
+    prep: dict | None = None
 
     def to_unit(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised images -> pixel intensities in [0, 1]."""
@@ -82,6 +85,22 @@ class DataBundle:
             "pixel_range": list(self.pixel_range) if self.pixel_range else None,
             **({"note": self.note} if self.note else {}),
         }
+
+
+def data_kind(entry, params: dict) -> str:
+    """The kind of inputs a dataset gives (image, table, sequence, tokens); a user's file decides
+    it from what it holds (data=arrays: the array's shape)."""
+    kind = entry.meta["kind"]
+    return kind(params) if callable(kind) else kind
+
+
+def data_task(entry, params: dict, requested: str | None = None) -> str:
+    """The task a dataset's targets call for; a user's file decides it from its target (strings or
+    few integers: classification, reals: regression), and `task=` may choose among `meta["tasks"]`."""
+    if requested is not None and requested in entry.meta.get("tasks", ()):
+        return requested
+    task = entry.meta["task"]
+    return task(params) if callable(task) else task
 
 
 def quantile_bins(y: np.ndarray, bins: int = 10) -> np.ndarray:

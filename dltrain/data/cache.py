@@ -20,9 +20,9 @@ from pathlib import Path
 
 from dltrain.data.base import DataBundle, Split
 
-FORMAT = 1
+FORMAT = 2
 SPLITS = ("train", "val", "test")
-FIELDS = ("name", "kind", "task", "num_classes", "class_names", "x_mean", "x_std", "y_mean", "y_std", "pixel_range", "note")
+FIELDS = ("name", "kind", "task", "num_classes", "class_names", "x_mean", "x_std", "y_mean", "y_std", "pixel_range", "note", "prep")
 
 
 def cache_root() -> Path:
@@ -34,9 +34,11 @@ def cache_dir() -> Path:
     return cache_root() / "data"
 
 
-def cached(source: str) -> Callable[[Callable[..., DataBundle]], Callable[..., DataBundle]]:
+def cached(source: str, content: Callable[[dict], str] | None = None) -> Callable[[Callable[..., DataBundle]], Callable[..., DataBundle]]:
     """Decorate a dataset builder whose result depends only on its arguments and on the installed
-    distribution `source` (e.g. "scikit-learn": its bundled files and its split)."""
+    distribution `source` (e.g. "scikit-learn": its bundled files and its split), and, for a
+    user's own file, on `content(arguments)`: a digest of what the file holds, so an edited file
+    is parsed again and a renamed one is not."""
 
     def wrap(build: Callable[..., DataBundle]) -> Callable[..., DataBundle]:
         signature = inspect.signature(build)
@@ -45,7 +47,8 @@ def cached(source: str) -> Callable[[Callable[..., DataBundle]], Callable[..., D
         def builder(*args, **kwargs) -> DataBundle:
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
-            path = entry(build.__name__, dict(bound.arguments), source)
+            arguments = dict(bound.arguments)
+            path = entry(build.__name__, {**arguments, **({"content": content(arguments)} if content else {})}, source)
             if path.is_file():
                 try:
                     return read(path)
@@ -72,6 +75,28 @@ def entry(name: str, params: dict, source: str) -> Path:
         source_version = "none"
     key = json.dumps({"dataset": name, "params": params, "source": f"{source}=={source_version}", "format": FORMAT}, sort_keys=True)
     return cache_dir() / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def folder_digest(root: str | Path) -> str:
+    """sha256 over every file under `root`: its relative path, size and modification time (reading
+    60,000 images to hash them would cost about what decoding them does)."""
+    digest = hashlib.sha256()
+    root = Path(root)
+    for dirpath, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for name in sorted(files):
+            stat = os.stat(os.path.join(dirpath, name))
+            digest.update(f"{os.path.relpath(os.path.join(dirpath, name), root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def write(path: Path, bundle: DataBundle) -> None:

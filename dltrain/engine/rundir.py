@@ -38,7 +38,7 @@ def weights_sha256(state: Mapping[str, torch.Tensor]) -> str:
 
 
 # What a run directory may hold: dltrain's files, Hydra's (.hydra/, train.log) and a sweep job's.
-OURS = frozenset({"config.yaml", "metrics.csv", "summary.json", "checkpoints", "plots", "train.log", ".hydra", ".lock", "tensorboard", "analysis", "job.json", "plugins.json", "pretraining.json"})
+OURS = frozenset({"config.yaml", "metrics.csv", "summary.json", "checkpoints", "plots", "train.log", ".hydra", ".lock", "tensorboard", "analysis", "job.json", "plugins.json", "pretraining.json", "preprocessing.json"})
 
 
 def check_run_dir(path: Path, config_sha256: str, resuming: bool) -> None:
