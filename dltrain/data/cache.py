@@ -90,12 +90,17 @@ def folder_digest(root: str | Path) -> str:
     """sha256 over every file under `root`: its relative path, size and modification time (reading
     60,000 images to hash them would cost about what decoding them does)."""
     digest = hashlib.sha256()
-    root = Path(root)
-    for dirpath, dirs, files in sorted(os.walk(root)):
-        dirs.sort()
-        for name in sorted(files):
-            stat = os.stat(os.path.join(dirpath, name))
-            digest.update(f"{os.path.relpath(os.path.join(dirpath, name), root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+
+    def walk(folder: str, prefix: str) -> None:
+        with os.scandir(folder) as entries:
+            for e in sorted(entries, key=lambda e: e.name):
+                if e.is_dir(follow_symlinks=False):
+                    walk(e.path, prefix + e.name + "/")
+                else:
+                    stat = e.stat()
+                    digest.update(f"{prefix}{e.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+
+    walk(str(root), "")
     return digest.hexdigest()
 
 

