@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 # which sample each source trains on in the registry-wide tests
-SOURCES = ("table", "arrays", "image_folder")
+SOURCES = ("table", "arrays", "image_folder", "series")
 
 
 @functools.cache
@@ -45,6 +45,20 @@ def digits_npz() -> Path:
     return path
 
 
+@functools.cache
+def sine_csv() -> Path:
+    """data=sine's series as a user's file: a date per day, the series and a second, lagged one."""
+    import pandas as pd
+
+    from dltrain.data.sequence import sine_series
+
+    values = sine_series(1200, noise=0.1, seed=0)
+    path = folder() / "sine.csv"
+    frame = pd.DataFrame({"day": pd.date_range("2020-01-01", periods=len(values), freq="D").strftime("%Y-%m-%d"), "value": values, "lagged": np.roll(values, 3)})
+    frame.sample(frac=1.0, random_state=0).to_csv(path, index=False)  # shuffled rows: data.time puts them in order
+    return path
+
+
 def write_images(root: Path, images: np.ndarray, labels, names=None) -> Path:
     """uint8 images (N, H, W) or (N, H, W, 3) as PNGs under root/<label>/."""
     from PIL import Image
@@ -71,6 +85,7 @@ def params(name: str) -> dict:
         "table": lambda: {"path": str(iris_csv()), "target": "species"},
         "arrays": lambda: {"path": str(digits_npz())},
         "image_folder": lambda: {"root": str(digits_folder())},
+        "series": lambda: {"path": str(sine_csv()), "time": "day"},
     }[name]()
 
 

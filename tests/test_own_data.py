@@ -322,3 +322,32 @@ def test_mnist_written_as_png_folder_trains_a_cnn_as_well_as_data_mnist(train_ru
     own_data.write_images(tmp_path / "mnist-png", images, labels)
     summary, _ = train_run("data=image_folder", f"data.root={tmp_path / 'mnist-png'}", "model=cnn", "trainer.max_epochs=3", run_dir=tmp_path / "run")
     assert summary["test"]["accuracy"] >= 0.97, summary["test"]
+
+
+# --- data=series ----------------------------------------------------------------------------------
+
+
+def test_series_matches_data_sine_when_given_the_same_values(tmp_path) -> None:
+    from dltrain.data.sequence import forecasting_bundle, sine_series
+
+    ours = DATASETS.build({"name": "series", **own_data.params("series"), "columns": ["value"], "window": 16})
+    reference = forecasting_bundle("sine", sine_series(1200, 0.1, 0), 16, 1, 0.15, 0.15)
+    assert ours.note.startswith("sine.csv: 1,200 steps of 1 series (value)")
+    for split in ("train", "val", "test"):
+        torch.testing.assert_close(getattr(ours, split).x, getattr(reference, split).x, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(getattr(ours, split).y, getattr(reference, split).y, atol=1e-5, rtol=1e-4)
+    assert (ours.name, ours.kind, ours.task) == ("series", "sequence", "forecasting")
+    both = DATASETS.build({"name": "series", **own_data.params("series"), "window": 16, "horizon": 3})
+    assert both.in_shape == (16, 2) and both.train.y.shape[1] == 3 and both.prep["columns"] == ["value", "lagged"]
+
+
+def test_series_trains_and_forecasts_from_a_raw_file(train_run, cli, tmp_path) -> None:
+    summary, run = train_run("data=series", *own_data.overrides("series"), "model=gru", "data.window=16", "trainer.max_epochs=8")
+    assert summary["task"] == "forecasting" and summary["test"]["r2"] > 0.8, summary["test"]
+    pd.read_csv(own_data.sine_csv()).head(40).to_csv(tmp_path / "recent.csv", index=False)
+    code, _, err = cli("predict", str(run), f"input={tmp_path / 'recent.csv'}", f"output={tmp_path / 'p.csv'}")
+    assert code == 0, err
+    rows = pd.read_csv(tmp_path / "p.csv")
+    assert len(rows) == 40 - 16 + 1 and rows["input"].iloc[0] == "after row 16"
+    one_line(cli("data=series", f"data.path={own_data.sine_csv()}", "data.columns=[day]", f"hydra.run.dir={tmp_path / 'r'}"), "data.columns=['day'] is not allowed; column 'day'", "holds no numbers")
+    assert not (tmp_path / "r").exists()

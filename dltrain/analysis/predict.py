@@ -62,6 +62,8 @@ def read_inputs(source: Path, data: DataBundle) -> tuple[np.ndarray, list[str]]:
     suffix = source.suffix.lower()
     if data.prep is not None and data.prep.get("kind", "table") == "table":  # data=table: raw rows with the training file's columns
         return read_own_table(source, data)
+    if data.prep is not None and data.prep["kind"] == "series":  # data=series: a forecast after every window of the file's steps
+        return read_own_series(source, data)
     if source.is_dir() or suffix in IMAGE_SUFFIXES:
         files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if source.is_dir() else [source]
         if not files:
@@ -89,6 +91,31 @@ def read_own_table(source: Path, data: DataBundle) -> tuple[np.ndarray, list[str
     frame = read_table(source)
     frame.columns = [str(c) for c in frame.columns]
     return apply_prep(data.prep, frame, str(source)), [str(i) for i in range(len(frame))]
+
+
+def read_own_series(source: Path, data: DataBundle) -> tuple[np.ndarray, list[str]]:
+    """A series run's input: a table file with the training file's columns, one row per step; one
+    forecast after each `window` consecutive rows, named by the row it follows."""
+    from dltrain.data.table import ALLOWED, SUFFIXES, read_table
+
+    prep = data.prep
+    if source.is_dir() or source.suffix.lower() not in SUFFIXES:
+        raise UserError(f"input={str(source)!r}: this run forecasts a series ({prep['source']}); give {ALLOWED} with columns {', '.join(prep['columns'])}")
+    frame = read_table(source)
+    frame.columns = [str(c) for c in frame.columns]
+    missing = [c for c in prep["columns"] if c not in frame.columns]
+    if missing:
+        raise UserError(f"{source} has no column {missing[0]!r}; the run forecasts from columns: {', '.join(prep['columns'])}")
+    if prep.get("time"):
+        import pandas as pd
+
+        frame = frame.assign(**{prep["time"]: pd.to_datetime(frame[prep["time"]], errors="coerce", format="mixed")}).sort_values(prep["time"], kind="stable")
+    values = frame[prep["columns"]].astype("float64").interpolate(limit_direction="both").to_numpy()
+    window = prep["window"]
+    if len(values) < window:
+        raise UserError(f"{source} has {len(values)} rows; the run forecasts from windows of {window}")
+    x = np.lib.stride_tricks.sliding_window_view(values, window, axis=0).transpose(0, 2, 1).astype(np.float32)
+    return x, [f"after row {i + window}" for i in range(len(x))]
 
 
 def check_finite(raw: np.ndarray, names: list[str], source: Path) -> None:
