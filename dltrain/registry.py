@@ -19,7 +19,7 @@ from dltrain.errors import ConfigError, UserError, unknown_choice, unknown_key
 from dltrain.schema import check_value
 
 # Parameters the builder fills from the data and other components; never config keys.
-CONTEXT_KEYS = frozenset({"in_shape", "out_features", "params", "model", "steps_per_epoch", "max_epochs", "optimizer", "task", "run_dir"})
+CONTEXT_KEYS = frozenset({"in_shape", "out_features", "params", "model", "steps_per_epoch", "max_epochs", "optimizer", "task", "run_dir", "num_words"})
 
 
 @dataclass(frozen=True)

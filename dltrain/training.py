@@ -91,7 +91,7 @@ def build(spec: RunSpec, device: torch.device, fit_data: bool = True) -> Built:
     loss_cfg = {**spec.loss, **{k: v for r in regs for k, v in r.loss.items()}}
     task_cls = TASKS.get(spec.task).fn
     task = task_cls(data, LOSSES.get(loss_cfg["name"]), LOSSES.build(loss_cfg, key="loss"))
-    shapes = dict(in_shape=data.in_shape, out_features=task_cls.out_features(data))
+    shapes = dict(in_shape=data.in_shape, out_features=task_cls.out_features(data), **({"num_words": data.vocab_size} if data.vocab_size else {}))
     check_model_size(model_cfg, shapes, device)
 
     def initialised() -> nn.Module:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 # which sample each source trains on in the registry-wide tests
-SOURCES = ("table", "arrays", "image_folder", "series")
+SOURCES = ("table", "arrays", "image_folder", "series", "text")
 
 
 @functools.cache
@@ -59,6 +59,28 @@ def sine_csv() -> Path:
     return path
 
 
+POSITIVE = ["great", "wonderful", "loved", "superb", "enjoyable", "brilliant", "charming", "moving"]
+NEGATIVE = ["awful", "boring", "hated", "dull", "terrible", "clumsy", "tedious", "weak"]
+FILLER = ["the", "film", "plot", "acting", "was", "and", "a", "story", "cast", "really", "quite", "ending"]
+
+
+@functools.cache
+def reviews_csv() -> Path:
+    """Short generated film reviews: a few sentiment words among filler, rated pos or neg."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(600):
+        positive = i % 2 == 0
+        words = list(rng.choice(FILLER, rng.integers(4, 12))) + list(rng.choice(POSITIVE if positive else NEGATIVE, rng.integers(1, 3)))
+        rng.shuffle(words)
+        rows.append({"review": " ".join(words).capitalize() + ".", "rating": "pos" if positive else "neg"})
+    path = folder() / "reviews.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
 def write_images(root: Path, images: np.ndarray, labels, names=None) -> Path:
     """uint8 images (N, H, W) or (N, H, W, 3) as PNGs under root/<label>/."""
     from PIL import Image
@@ -86,6 +108,7 @@ def params(name: str) -> dict:
         "arrays": lambda: {"path": str(digits_npz())},
         "image_folder": lambda: {"root": str(digits_folder())},
         "series": lambda: {"path": str(sine_csv()), "time": "day"},
+        "text": lambda: {"path": str(reviews_csv()), "text": "review", "target": "rating"},
     }[name]()
 
 

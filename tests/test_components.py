@@ -35,10 +35,10 @@ from tests.conftest import MNIST_TEST  # noqa: E402
 
 LOCAL_FILES = {"mnist": MNIST_TEST}  # file-backed datasets with a local copy for tests
 
-DATA_FOR_KIND = {"image": "digits", "sequence": "sine", "table": "iris", "tokens": "reverse"}
+DATA_FOR_KIND = {"image": "digits", "sequence": "sine", "table": "iris", "tokens": "reverse", "text": "text"}
 DATA_FOR_TASK = {"classification": "digits", "regression": "diabetes", "forecasting": "sine"}
-SHAPE_FOR_KIND = {"image": (1, 8, 8), "sequence": (12, 2), "table": (6,), "tokens": (6,)}
-DATA_ARGS = {"sine": ("data.length=600", "data.batch_size=32"), "iris": ("data.batch_size=16",), "reverse": ("data.size=2000", "data.length=5")}
+SHAPE_FOR_KIND = {"image": (1, 8, 8), "sequence": (12, 2), "table": (6,), "tokens": (6,), "text": (6,)}
+DATA_ARGS = {"sine": ("data.length=600", "data.batch_size=32"), "iris": ("data.batch_size=16",), "reverse": ("data.size=2000", "data.length=5"), "text": (*own_data.overrides("text"), "data.batch_size=16")}
 # Pin everything a test does not vary, so changed defaults in configs/ do not change the tests.
 BASE = ("trainer=default", "trainer.device=cpu", "sched=none", "reg=[none]", "init=default", "logger=csv", "seed=0")
 SMALL = {"hidden": 16, "channels": 4, "batchnorm": False, "dropout": 0.0}
@@ -109,7 +109,7 @@ def test_model_learns_on_compatible_data(train_run, model: str, data: str) -> No
     summary, run = train_run(*setup(model, data, "optim.lr=0.01", epochs=3))
     assert (summary["model"], summary["data"], summary["epochs"]) == (model, data, 3)
     # a closed-form solve (an RBF network's lstsq) takes the whole training split in one step per epoch
-    net = MODELS.build({"name": model, **small(model)}, in_shape=SHAPE_FOR_KIND[DATASETS.get(data).meta["kind"]], out_features=2)
+    net = MODELS.build({"name": model, **small(model)}, in_shape=SHAPE_FOR_KIND[DATASETS.get(data).meta["kind"]], out_features=2, num_words=50)
     assert summary["steps"] == 3 if getattr(net, "full_batch", False) else summary["steps"] >= 20
     if adversarial(model) or (MODELS.get(model).meta.get("task") == "rbm" and data != "digits"):
         # tests/test_generative.py measures GANs by their samples; a Gaussian RBM on 4 iris features
@@ -315,11 +315,11 @@ def test_loss_definitions() -> None:
 def test_init_sets_every_weight_and_zeroes_biases(init: str, model: str) -> None:
     shape = SHAPE_FOR_KIND[MODELS.get(model).meta["inputs"][0]]
     torch.manual_seed(0)
-    net = MODELS.build({"name": model, **small(model)}, in_shape=shape, out_features=3)
+    net = MODELS.build({"name": model, **small(model)}, in_shape=shape, out_features=3, num_words=50)  # num_words: a text model's vocabulary
     before = {k: v.clone() for k, v in net.state_dict().items()}
     INITS.build({"name": init})(net)
     after = net.state_dict()
-    embeddings = {f"{name}.weight" for name, m in net.named_modules() if isinstance(m, nn.Embedding)}  # keep torch's N(0, 1)
+    embeddings = {f"{name}.weight" for name, m in net.named_modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))}  # keep torch's N(0, 1)
     weights = {k: v for k, v in net.named_parameters() if k not in embeddings}
     if init == "default":
         assert all(torch.equal(before[k], after[k]) for k in before)
@@ -476,7 +476,7 @@ def test_dataset_builds_disjoint_normalised_seeded_splits(name: str, tmp_path) -
     assert len(data.train) > len(data.val) and len(data.train) > len(data.test)
     # normalised on train (token ids are not numbers to scale)
     x = data.train.x.double()
-    assert data.kind == "tokens" or (abs(x.mean().item()) < 0.05 and abs(x.std().item() - 1) < 0.05)
+    assert data.kind in ("tokens", "text") or (abs(x.mean().item()) < 0.05 and abs(x.std().item() - 1) < 0.05)
     # disjoint: a leaked split would share most rows (a few exact duplicates exist in some sets)
     train_rows = rows(data.train)
     for other in (data.val, data.test):

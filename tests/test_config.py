@@ -76,7 +76,8 @@ def is_preset(group: str, choice: str) -> bool:
 def companions(group: str, choice: str) -> list[str]:
     """Overrides that make `choice` meaningful: a dataset the model reads, a model the data fits, ..."""
     if group == "model":
-        return [f"data={first_data_for(MODELS.get(choice).meta['inputs'][0])}"]
+        data = first_data_for(MODELS.get(choice).meta["inputs"][0])
+        return [f"data={data}", *data_overrides(data)]
     if group in ("optim_d", "sched_d"):
         return ["model=gan"]
     if group == "optim" and choice in OPTIMIZERS and OPTIMIZERS.get(choice).meta.get("rule"):

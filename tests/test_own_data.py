@@ -351,3 +351,45 @@ def test_series_trains_and_forecasts_from_a_raw_file(train_run, cli, tmp_path) -
     assert len(rows) == 40 - 16 + 1 and rows["input"].iloc[0] == "after row 16"
     one_line(cli("data=series", f"data.path={own_data.sine_csv()}", "data.columns=[day]", f"hydra.run.dir={tmp_path / 'r'}"), "data.columns=['day'] is not allowed; column 'day'", "holds no numbers")
     assert not (tmp_path / "r").exists()
+
+
+# --- data=text ------------------------------------------------------------------------------------
+
+
+def test_text_vocabulary_is_scikit_learns_count_vectorizer_on_the_training_split() -> None:
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    from dltrain.data.text import encode
+
+    data = DATASETS.build({"name": "text", **own_data.params("text")})
+    texts = pd.read_csv(own_data.reviews_csv())["review"]
+    vocab = data.prep["vocab"]
+    assert vocab[:2] == ["<pad>", "<unk>"] and data.kind == "text" and data.class_names == ["neg", "pos"]
+    # every word of these reviews occurs in the training split: the vocabulary is all of CountVectorizer's
+    vectorizer = CountVectorizer(lowercase=True, token_pattern=r"(?u)\b\w+\b").fit(texts)
+    assert set(vectorizer.vocabulary_) == set(vocab[2:])
+    ids = encode(["The film was GREAT, really great", ""], vocab, 4)
+    assert ids[1].tolist() == [0, 0, 0, 0] and ids[0].tolist() == [vocab.index(w) for w in ("the", "film", "was", "great")]
+    small = DATASETS.build({"name": "text", **own_data.params("text"), "vocab_size": 6, "max_len": 5})
+    assert len(small.prep["vocab"]) == 6 and small.in_shape == (5,) and int(small.train.x.max()) <= 5
+    assert (small.train.x == 1).any()  # words outside the 4 kept are unknown
+
+
+@pytest.mark.parametrize("model", ["embedding_bag", "lstm"])
+def test_text_models_learn_and_predict_raw_texts(train_run, cli, tmp_path, model) -> None:
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    summary, run = train_run("data=text", *own_data.overrides("text"), f"model={model}", "trainer.max_epochs=15", "optim.lr=0.01")
+    # scikit-learn's bag of words and logistic regression, on the same texts (the run's own split sizes)
+    frame = pd.read_csv(own_data.reviews_csv())
+    n_test = summary["dataset"]["sizes"]["test"]
+    x = CountVectorizer().fit_transform(frame["review"])
+    reference = LogisticRegression(max_iter=1000).fit(x[:-n_test], frame["rating"][:-n_test]).score(x[-n_test:], frame["rating"][-n_test:])
+    assert summary["test"]["accuracy"] >= min(0.95, reference - 0.05), (summary["test"], reference)
+    (tmp_path / "new.txt").write_text("A wonderful film, the cast was superb.\nDull and tedious, the plot was awful.\n")
+    code, _, err = cli("predict", str(run), f"input={tmp_path / 'new.txt'}", f"output={tmp_path / 'p.csv'}")
+    assert code == 0, err
+    assert pd.read_csv(tmp_path / "p.csv")["pred"].tolist() == ["pos", "neg"]
+    one_line(cli("data=text", f"data.path={own_data.reviews_csv()}", "data.text=reveiw", "data.target=rating", f"hydra.run.dir={tmp_path / 'r'}"), "data.text='reveiw' is not allowed", "did you mean 'review'?")
+    one_line(cli("data=text", f"data.path={own_data.reviews_csv()}", "data.text=review", "data.target=rating", "model=mlp", f"hydra.run.dir={tmp_path / 'r'}"), "model=mlp needs", "text data; models for it: embedding_bag, gru, lstm, rnn")

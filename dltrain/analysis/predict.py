@@ -44,7 +44,7 @@ def run_predict(opts: PredictOptions) -> int:
     data = built.data
     raw, names = read_inputs(source, data)
     check_finite(raw, names, source)
-    x = tokens_of(raw, data, source) if data.kind == "tokens" else normalize(data, raw)
+    x = tokens_of(raw, data, source) if data.kind == "tokens" else torch.from_numpy(raw) if data.kind == "text" else normalize(data, raw)
     outputs = predict_outputs(built.model, x, opts.batch_size)
     rows = prediction_rows(data, built.spec.task, outputs, names, x)
     target = Path(opts.output) if opts.output else output_dir(loaded, "predict") / "predictions.csv"
@@ -62,6 +62,8 @@ def read_inputs(source: Path, data: DataBundle) -> tuple[np.ndarray, list[str]]:
     suffix = source.suffix.lower()
     if data.prep is not None and data.prep.get("kind", "table") == "table":  # data=table: raw rows with the training file's columns
         return read_own_table(source, data)
+    if data.prep is not None and data.prep["kind"] == "text":  # data=text: raw texts, tokenised with the run's vocabulary
+        return read_own_texts(source, data)
     if data.prep is not None and data.prep["kind"] == "series":  # data=series: a forecast after every window of the file's steps
         return read_own_series(source, data)
     if source.is_dir() or suffix in IMAGE_SUFFIXES:
@@ -91,6 +93,28 @@ def read_own_table(source: Path, data: DataBundle) -> tuple[np.ndarray, list[str
     frame = read_table(source)
     frame.columns = [str(c) for c in frame.columns]
     return apply_prep(data.prep, frame, str(source)), [str(i) for i in range(len(frame))]
+
+
+def read_own_texts(source: Path, data: DataBundle) -> tuple[np.ndarray, list[str]]:
+    """A text run's input: a .txt file (one text per line) or a table file with the training
+    file's text column; word ids from the run's vocabulary, each text named by its start."""
+    from dltrain.data.table import ALLOWED, SUFFIXES, read_table
+    from dltrain.data.text import encode
+
+    prep = data.prep
+    if source.suffix.lower() == ".txt":
+        texts = [line for line in source.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    elif source.suffix.lower() in SUFFIXES and not source.is_dir():
+        frame = read_table(source)
+        if prep["text"] not in frame.columns:
+            raise UserError(f"{source} has no column {prep['text']!r}; the run classifies the texts of column {prep['text']!r}")
+        texts = frame[prep["text"]].tolist()
+    else:
+        raise UserError(f"input={str(source)!r}: this run reads texts; give a .txt file (one text per line) or {ALLOWED} with a column {prep['text']!r}")
+    if not texts:
+        raise UserError(f"{source} holds no text")
+    names = [str(t)[:40] + ("..." if len(str(t)) > 40 else "") for t in texts]
+    return encode(texts, prep["vocab"], prep["max_len"], prep["lowercase"]), names
 
 
 def read_own_series(source: Path, data: DataBundle) -> tuple[np.ndarray, list[str]]:

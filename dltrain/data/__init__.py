@@ -4,7 +4,7 @@ Keys of the ``data`` config node: ``name`` (the dataset), the loader's ``batch_s
 builder's own parameters (``val_fraction``, ``split_seed``, ``root`` for file-backed sets, …).
 """
 
-from dltrain.data import arrays, folder, mnist, sequence, series, table, tabular  # noqa: F401  (registration)
+from dltrain.data import arrays, folder, mnist, sequence, series, table, tabular, text  # noqa: F401  (registration)
 from dltrain.data.base import DATASETS, LOADER_KEYS, DataBundle, Split
 
 __all__ = ["DATASETS", "LOADER_KEYS", "DataBundle", "Split"]

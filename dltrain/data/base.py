@@ -35,7 +35,7 @@ class DataBundle:
     """Train/val/test splits plus what the builder needs to size the model and pick the task."""
 
     name: str
-    kind: Literal["image", "table", "sequence", "tokens"]  # tokens: integer token sequences (N, T), num_classes the vocabulary
+    kind: Literal["image", "table", "sequence", "tokens", "text"]  # tokens: integer token sequences (N, T), num_classes the vocabulary; text: word ids (N, T), prep["vocab"] the vocabulary
     task: str  # the default task for this data: classification, regression or forecasting
     train: Split
     val: Split
@@ -68,6 +68,11 @@ class DataBundle:
     @property
     def in_shape(self) -> tuple[int, ...]:
         return tuple(self.train.x.shape[1:])
+
+    @property
+    def vocab_size(self) -> int | None:
+        """Text: the number of word ids (padding and unknown included)."""
+        return len(self.prep["vocab"]) if self.prep and self.prep.get("kind") == "text" else None
 
     @property
     def target_dim(self) -> int:

@@ -34,7 +34,8 @@ class RecurrentNet(nn.Module):
     """A stacked (optionally bidirectional) recurrent layer, then a linear head on the last state.
 
     Input ``(B, T, F)`` is a sequence; an image ``(B, C, H, W)`` is read as H steps of C*W
-    features; a table ``(B, F)`` as F steps of one feature. `residual` (with `layers` > 1): the
+    features; a table ``(B, F)`` as F steps of one feature; text ``(B, T)`` word ids as T steps
+    of their `embedding_dim`-wide embeddings. `residual` (with `layers` > 1): the
     layers run one by one and each after the first adds its input sequence to its output (Wu et
     al. 2016's residual stacking); `attention`: the head reads an attention-weighted sum of every
     step's state instead of the last one.
@@ -52,10 +53,16 @@ class RecurrentNet(nn.Module):
         batchnorm: bool,
         residual: bool = False,
         attention: bool = False,
+        num_words: int | None = None,
+        embedding_dim: int = 64,
         **cell_kwargs,
     ) -> None:
         super().__init__()
         features = in_shape[0] * in_shape[2] if len(in_shape) == 3 else (in_shape[-1] if len(in_shape) == 2 else 1)
+        # text (word ids): each step's word through an embedding (id 0, the padding, stays zero)
+        self.embed = nn.Embedding(num_words, embedding_dim, padding_idx=0) if num_words else None
+        if self.embed is not None:
+            features = embedding_dim
         width = hidden * (2 if bidirectional else 1)
         self.residual = residual and layers > 1
         if self.residual:  # one module per layer, so each can take a shortcut (fused multi-layer cells cannot)
@@ -80,7 +87,9 @@ class RecurrentNet(nn.Module):
         self.head = nn.Linear(width, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 4:  # (B, C, H, W) -> (B, H, C*W): one image row per time step
+        if self.embed is not None:  # (B, T) word ids -> (B, T, embedding_dim)
+            x = self.embed(x)
+        elif x.dim() == 4:  # (B, C, H, W) -> (B, H, C*W): one image row per time step
             x = x.permute(0, 2, 1, 3).flatten(2)
         elif x.dim() == 2:
             x = x.unsqueeze(-1)
@@ -99,7 +108,7 @@ class RecurrentNet(nn.Module):
         return self.head(self.dropout(self.norm(last)))
 
 
-@MODELS.register("rnn", family="recurrent", inputs=("image", "sequence"))
+@MODELS.register("rnn", family="recurrent", inputs=("image", "sequence", "text"))
 def rnn(
     in_shape: tuple[int, ...],
     out_features: int,
@@ -111,12 +120,14 @@ def rnn(
     batchnorm: bool = False,
     residual: bool = False,
     attention: bool = False,
+    embedding_dim: PositiveInt = 64,
+    num_words: int | None = None,
 ) -> RecurrentNet:
     """Elman RNN (tanh or ReLU units) with a linear head on the last hidden state."""
-    return RecurrentNet("rnn", in_shape, out_features, hidden, layers, bidirectional, dropout, batchnorm, residual, attention, nonlinearity=activation)
+    return RecurrentNet("rnn", in_shape, out_features, hidden, layers, bidirectional, dropout, batchnorm, residual, attention, num_words, embedding_dim, nonlinearity=activation)
 
 
-@MODELS.register("lstm", family="recurrent", inputs=("image", "sequence"))
+@MODELS.register("lstm", family="recurrent", inputs=("image", "sequence", "text"))
 def lstm(
     in_shape: tuple[int, ...],
     out_features: int,
@@ -127,12 +138,14 @@ def lstm(
     batchnorm: bool = False,
     residual: bool = False,
     attention: bool = False,
+    embedding_dim: PositiveInt = 64,
+    num_words: int | None = None,
 ) -> RecurrentNet:
     """Long short-term memory network (Hochreiter & Schmidhuber 1997)."""
-    return RecurrentNet("lstm", in_shape, out_features, hidden, layers, bidirectional, dropout, batchnorm, residual, attention)
+    return RecurrentNet("lstm", in_shape, out_features, hidden, layers, bidirectional, dropout, batchnorm, residual, attention, num_words, embedding_dim)
 
 
-@MODELS.register("gru", family="recurrent", inputs=("image", "sequence"))
+@MODELS.register("gru", family="recurrent", inputs=("image", "sequence", "text"))
 def gru(
     in_shape: tuple[int, ...],
     out_features: int,
@@ -143,6 +156,8 @@ def gru(
     batchnorm: bool = False,
     residual: bool = False,
     attention: bool = False,
+    embedding_dim: PositiveInt = 64,
+    num_words: int | None = None,
 ) -> RecurrentNet:
     """Gated recurrent unit network (Cho et al. 2014)."""
-    return RecurrentNet("gru", in_shape, out_features, hidden, layers, bidirectional, dropout, batchnorm, residual, attention)
+    return RecurrentNet("gru", in_shape, out_features, hidden, layers, bidirectional, dropout, batchnorm, residual, attention, num_words, embedding_dim)
