@@ -35,7 +35,7 @@ def test_help_lists_groups_choices_and_verbs_without_importing_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     out = dltrain("--help", cwd=tmp_path).stdout
-    for text in ("verbs:", "train", "ls", "model ", "autoencoder, cnn, dbn, gan, gru, lstm, mlp, perceptron, rbf, rbm, resnet, rnn, seq2seq, vae", "optim ", "lbfgs", "sched ", "warmup_cosine", "reg ", "elastic_net", "trainer ", "debug, default, overfit"):
+    for text in ("verbs:", "train", "ls", "model ", "autoencoder, cnn, dbn, embedding_bag, gan, gru, lstm, mlp, perceptron, rbf, rbm, resnet, rnn, seq2seq, vae", "optim ", "lbfgs", "sched ", "warmup_cosine", "reg ", "elastic_net", "trainer ", "debug, default, overfit"):
         assert text in out
 
 
