@@ -237,22 +237,30 @@ def test_export_matches_pytorch_with_a_dynamic_batch(trained, cli, fmt):
     assert {c["batch"] for c in report["checks"]} >= {1, 7, 360}
     assert report["input_shape"] == ["batch", 1, 8, 8] and report["output_shape"] == ["batch", 10]
 
-    # load the file independently and compare on fresh batch sizes
+    # the file takes raw pixels (digits: 0 to 16): the run's standardisation is inside it
     lr = loaded(run)
-    x = lr.built.data.test.x
-    for b in (1, 7, 50):
+    data = lr.built.data
+    assert report["normalization"] == {"mean": data.x_mean, "std": data.x_std} and report["inputs"].startswith("raw values")
+    x = data.test.x
+    raw = x * data.x_std[0] + data.x_mean[0]
+    assert float(raw.min()) == 0.0 and float(raw.max()) == 16.0
+    # load the file independently and compare on fresh batch sizes
+    for b in (1, 7, 50, len(x)):
         with torch.inference_mode():
             expected = lr.built.model(x[:b]).numpy()
         if fmt == "onnx":
             import onnxruntime as ort
 
             session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-            got = session.run(None, {session.get_inputs()[0].name: x[:b].numpy()})[0]
+            got = session.run(None, {session.get_inputs()[0].name: raw[:b].numpy()})[0]
         else:
             with warnings.catch_warnings():  # TorchScript is deprecated in PyTorch, still supported
                 warnings.simplefilter("ignore", DeprecationWarning)
-                got = torch.jit.load(str(folder / "model.pt"))(x[:b]).detach().numpy()
+                got = torch.jit.load(str(folder / "model.pt"))(raw[:b]).detach().numpy()
         assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-4
+    # so the exported file on raw inputs scores what the run scored
+    summary = json.loads((run / "summary.json").read_text())
+    assert abs(float((got.argmax(1) == data.test.y.numpy()).mean()) - summary["test"]["accuracy"]) < 1e-9
 
 
 @pytest.mark.parametrize(("name", "fmt"), [("lstm", "onnx"), ("mlp", "torchscript"), ("sine", "onnx")])

@@ -5,6 +5,10 @@ real inputs (the first test examples, at batch sizes 1, 7 and a full evaluation 
 largest absolute difference of the outputs must stay below `tolerance` (1e-4 in fp32) times
 the outputs' largest magnitude where that exceeds 1 (a perceptron's scores run into the
 hundreds, where float32 itself resolves only ~1e-5).
+
+The file takes raw inputs: where the run standardised them (images, bundled tables, arrays,
+series), that step is part of the exported graph, so pixels or features in their own units go
+in as they are; `model.<format>.json` records it (`inputs`, `normalization`).
 """
 
 from __future__ import annotations
@@ -94,6 +98,42 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> t
 EXPORTERS = {"onnx": (export_onnx, "model.onnx"), "torchscript": (export_torchscript, "model.pt")}
 
 
+class RawInputs(nn.Module):
+    """The training split's standardisation, then the model: the exported file takes raw values
+    (pixels in the data's own range, features in their units), as `dltrain predict` does."""
+
+    def __init__(self, model: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)
+
+
+def input_scaling(data) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(mean, std) that standardised the run's inputs (one for images, one per feature for tables
+    and sequences), or None where the inputs are ids or already prepared features (data=table:
+    preprocessing.json maps raw columns to them)."""
+    if data.kind in ("tokens", "text") or not data.x_mean:
+        return None
+    mean, std = torch.tensor(data.x_mean, dtype=torch.float32), torch.tensor(data.x_std, dtype=torch.float32)
+    if bool((mean == 0).all() and (std == 1).all()):
+        return None
+    return mean, std
+
+
+def input_description(data, scaled: bool) -> str:
+    if scaled:
+        return "raw values: the training split's standardisation (normalization) is inside the file"
+    if data.kind in ("tokens", "text"):
+        return "token ids" + (" from preprocessing.json's vocabulary (0: padding, 1: unknown)" if data.kind == "text" else "")
+    if data.prep is not None:
+        return "prepared features (preprocessing.json maps the file's columns to them; dltrain predict applies it)"
+    return "the inputs as trained on"
+
+
 def run_export(opts: ExportOptions) -> int:
     """Export the checkpoint, then compare the reloaded file with PyTorch; exit 1 if they differ."""
     loaded = open_run(opts, "export")
@@ -106,10 +146,12 @@ def run_export(opts: ExportOptions) -> int:
     out = output_dir(loaded, "export")
     exporter_fn, filename = EXPORTERS[opts.format]
     path = out / filename
+    scaling = input_scaling(data)
+    exported, raw = (RawInputs(model, *scaling).eval(), x * scaling[1] + scaling[0]) if scaling else (model, x)
     # trace with a batch other than the checked ones (and not 1, which export would specialise)
-    example = x[: min(len(x), 2)] if len(x) < 3 else x[:3]
+    example = raw[: min(len(raw), 2)] if len(raw) < 3 else raw[:3]
     t0 = time.perf_counter()
-    exporter, run = exporter_fn(model, example, path)
+    exporter, run = exporter_fn(exported, example, path)
     export_seconds = time.perf_counter() - t0
 
     checks = []
@@ -117,7 +159,7 @@ def run_export(opts: ExportOptions) -> int:
         xb = x[:b].contiguous()
         with torch.inference_mode():
             expected = model(xb).float().numpy()
-        got = run(xb.numpy())
+        got = run(raw[:b].contiguous().numpy())  # the file reads raw values; the model its standardised ones
         if got.shape != expected.shape:
             checks.append({"batch": b, "max_abs_diff": float("inf"), "shape": list(got.shape)})
             continue
@@ -131,6 +173,8 @@ def run_export(opts: ExportOptions) -> int:
         "bytes": path.stat().st_size,
         "exporter": exporter,
         "input_shape": ["batch", *data.in_shape],
+        "inputs": input_description(data, scaling is not None),
+        **({"normalization": {"mean": data.x_mean, "std": data.x_std}} if scaling else {}),
         "output_shape": ["batch", *expected.shape[1:]],
         "checked_on": f"{'test' if len(data.test) else 'train'} inputs",
         "checks": checks,
