@@ -164,6 +164,12 @@ def test_table_trains_predicts_on_raw_rows_and_saves_its_preprocessing(train_run
     predicted = pd.read_csv(tmp_path / "p.csv")["pred"]
     assert (predicted.to_numpy() == raw["species"].to_numpy()).mean() >= 0.9
     one_line(cli("predict", str(run), f"input={tmp_path / 'p.csv'}"), "has no column 'sepal length (cm)'", "the run was trained on columns")
+    # eval on a new labelled file: the same accuracy as the predictions above
+    assert cli("eval", str(run), f"input={csv}")[0] == 0
+    metrics = json.loads((run / "analysis" / "eval" / "metrics.json").read_text())
+    assert metrics["n"] == 150 and metrics["input"] == str(csv) and metrics["metrics"]["accuracy"] == pytest.approx((predicted.to_numpy() == raw["species"].to_numpy()).mean())
+    raw.assign(species=raw["species"].replace("setosa", "rose")).to_csv(tmp_path / "odd.csv", index=False)
+    one_line(cli("eval", str(run), f"input={tmp_path / 'odd.csv'}"), "species='rose' is not a class of this run; its classes: setosa, versicolor, virginica")
 
 
 def test_table_regression_trains_with_the_auto_loss(train_run, tmp_path) -> None:

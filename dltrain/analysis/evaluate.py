@@ -36,23 +36,82 @@ from dltrain.schema import NonNegativeInt
 class EvalOptions(RunOptions):
     split: Literal["test", "val"] = "test"
     mistakes: NonNegativeInt = 16  # how many of the most confident mistakes to show
+    input: str | None = None  # your own data's run: a labelled file (table, texts) or folder of class folders (images) instead of a split
 
 
 def run_eval(opts: EvalOptions) -> int:
     """Evaluate the run's checkpoint on a split; write analysis/eval/ and print the metrics."""
     loaded = open_run(opts, "eval")
     built = loaded.built
-    data, split = built.data, split_of(built.data, opts.split)
+    data = built.data
+    split = labelled_input(data, Path(opts.input)) if opts.input else split_of(data, opts.split)
+    where = f"{opts.input} ({len(split)} examples)" if opts.input else f"{opts.split} split"
     out = output_dir(loaded, "eval")
     outputs = predict_outputs(built.model, split.x, built.spec.trainer.eval_batch_size)
-    title = f"{built.spec.model['name']} on {data.name}: {opts.split} split, {opts.ckpt} checkpoint"
+    title = f"{built.spec.model['name']} on {data.name}: {where}, {opts.ckpt} checkpoint"
     if built.spec.task == "classification":
         metrics, files = classification_report(data, split, outputs, out, opts.mistakes, title)
     else:
         metrics, files = regression_report(data, split, outputs, out, title, forecast=built.spec.task == "forecasting", split_name=opts.split)
-    files.insert(0, write_json(out / "metrics.json", {"task": built.spec.task, "split": opts.split, "ckpt": opts.ckpt, "n": len(split), "metrics": metrics}))
+    record = {"task": built.spec.task, "split": None if opts.input else opts.split, **({"input": opts.input} if opts.input else {}), "ckpt": opts.ckpt, "n": len(split), "metrics": metrics}
+    files.insert(0, write_json(out / "metrics.json", record))
     print_written(out, files)
     return 0
+
+
+def labelled_input(data: DataBundle, source: Path) -> Split:
+    """`input=` of a run on your own data: new labelled examples of the kind it was trained on,
+    prepared with what was fitted on its training split (a table or text file with the target
+    column; a folder of class folders for images)."""
+    from dltrain.errors import UserError
+
+    prep = data.prep
+    if prep is None or prep.get("kind", "table") not in ("table", "text", "image"):
+        raise UserError(f"input={source}: eval reads new labelled files for runs on data=table, data=text or data=image_folder; this run ({data.name}) is evaluated on its splits (split=test or val)")
+    if not source.exists():
+        raise UserError(f"input={str(source)!r} does not exist")
+    if prep.get("kind", "table") == "image":
+        from dltrain.analysis.predict import read_image
+        from dltrain.data.folder import class_files
+
+        if not source.is_dir():
+            raise UserError(f"input={source}: give a folder with one subfolder of images per class ({', '.join(data.class_names or [])})")
+        files = class_files(source)
+        unknown = sorted(set(files) - set(data.class_names or []))
+        if unknown:
+            raise UserError(f"input={source}: class folder {unknown[0]!r} is not a class of this run; its classes: {', '.join(data.class_names or [])}")
+        index = {c: i for i, c in enumerate(data.class_names or [])}
+        raw = np.stack([read_image(p, data) for c in files for p in files[c]])
+        y = np.array([index[c] for c in files for _ in files[c]])
+        x = (raw - data.x_mean[0]) / data.x_std[0]
+        return Split(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y))
+    from dltrain.data.table import SUFFIXES, apply_prep, read_table
+
+    if source.is_dir() or source.suffix.lower() not in SUFFIXES:
+        raise UserError(f"input={source}: give a .csv, .tsv, .parquet or .jsonl file with the column {prep['target']!r}")
+    frame = read_table(source)
+    frame.columns = [str(c) for c in frame.columns]
+    if prep["target"] not in frame.columns:
+        raise UserError(f"input={source} has no column {prep['target']!r}, the labels eval compares with; add it, or use dltrain predict")
+    frame = frame[frame[prep["target"]].notna()].reset_index(drop=True)
+    if prep.get("kind", "table") == "text":
+        from dltrain.data.text import encode
+
+        if prep["text"] not in frame.columns:
+            raise UserError(f"input={source} has no column {prep['text']!r}; the run classifies the texts of column {prep['text']!r}")
+        x = torch.from_numpy(encode(frame[prep["text"]].tolist(), prep["vocab"], prep["max_len"], prep["lowercase"]))
+    else:
+        x = torch.from_numpy(apply_prep(prep, frame, str(source)))
+    target = frame[prep["target"]]
+    if data.task == "classification":
+        index = {c: i for i, c in enumerate(prep["classes"])}
+        labels = target.astype(str).tolist()
+        unknown = sorted({v for v in labels if v not in index})
+        if unknown:
+            raise UserError(f"input={source}: {prep['target']}={unknown[0]!r} is not a class of this run; its classes: {', '.join(prep['classes'])}")
+        return Split(x, torch.tensor([index[v] for v in labels], dtype=torch.int64))
+    values = target.astype("float64").to_numpy()[:, None]
+    return Split(x, torch.from_numpy(((values - np.asarray(data.y_mean)) / np.asarray(data.y_std)).astype(np.float32)))
 
 
 def classification_report(data: DataBundle, split: Split, logits: torch.Tensor, out: Path, n_mistakes: int, title: str) -> tuple[dict[str, Any], list[Path]]:
