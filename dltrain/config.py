@@ -73,6 +73,7 @@ class RunSpec:
     trainer: TrainerConfig
     batch_size: int
     shift: int = 0  # data.shift: random translation of training images, in pixels
+    augment: tuple[str, ...] = ()  # data.augment: random flips, rotations, crops, noise of training images
     optim_d: dict[str, Any] | None = None  # a GAN's discriminator
     sched_d: dict[str, Any] | None = None
     sweep: SweepConfig = field(default_factory=SweepConfig)
@@ -146,6 +147,7 @@ def validate(cfg: Mapping[str, Any]) -> RunSpec:
     parts.update({s: _component(registries[s], cfg[s], s) for s in OPTIONAL_SECTIONS if cfg.get(s) is not None})
     batch_size = check_value("data.batch_size", (cfg.get("data") or {}).get("batch_size", 64), PositiveInt)
     shift = check_value("data.shift", (cfg.get("data") or {}).get("shift", 0), NonNegativeInt)
+    augment = tuple(check_value("data.augment", (cfg.get("data") or {}).get("augment") or [], list[Literal["flip", "rotate", "crop", "noise"]]))
 
     reg_node = cfg.get("reg") or {}
     if not isinstance(reg_node, Mapping):
@@ -202,7 +204,11 @@ def validate(cfg: Mapping[str, Any]) -> RunSpec:
     expected = check_expected(cfg.get("expected"), task_cls, grad_norms=trainer.log_grad_norms, averaged=bool(trainer.ema.decay or trainer.swa.start), ensemble=ensemble.size > 1)
     if shift and kind != "image":
         raise ConfigError("data.shift", shift, f"data={data_entry.name} is {kind} data, not images; allowed: 0")
-    return RunSpec(seed=seed, task=task, reg=reg, trainer=trainer, batch_size=batch_size, shift=shift, sweep=sweep, expected=expected, distill=distill, cv=cv, ensemble=ensemble, **parts)
+    if augment and kind != "image":
+        raise ConfigError("data.augment", list(augment), f"data={data_entry.name} is {kind} data, not images; allowed: []")
+    if len(set(augment)) < len(augment):
+        raise ConfigError("data.augment", list(augment), "names an augmentation twice; allowed: each of flip, rotate, crop, noise at most once")
+    return RunSpec(seed=seed, task=task, reg=reg, trainer=trainer, batch_size=batch_size, shift=shift, augment=augment, sweep=sweep, expected=expected, distill=distill, cv=cv, ensemble=ensemble, **parts)
 
 
 # loss=auto: the usual loss of each task the data can decide

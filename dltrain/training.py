@@ -113,7 +113,7 @@ def build(spec: RunSpec, device: torch.device, fit_data: bool = True) -> Built:
 
 
 # data keys a teacher and its student may set differently: how batches are drawn, not which examples are in which split
-SPLIT_FREE_KEYS = ("batch_size", "shift", "download")
+SPLIT_FREE_KEYS = ("batch_size", "shift", "augment", "download")
 
 
 def load_teacher(spec: RunSpec, data: DataBundle, device: torch.device) -> tuple[nn.Module, dict]:
@@ -299,7 +299,7 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
         train_split.x, train_split.y, batch_size, **({} if ensemble else {"shuffle": not trainer.overfit_batches}),
         generator=generator, limit_batches=trainer.limit_train_batches,
         drop_last=rest == 1 or 0 < rest < ranks.world,  # a batch of one breaks batch norm; every rank needs a sample
-        shard=(ranks.rank, ranks.world), shift=spec.shift, **loader_args,
+        shard=(ranks.rank, ranks.world), shift=spec.shift, augment=spec.augment, **loader_args,
     )
     val_loader = TensorLoader(val_split.x, val_split.y, trainer.eval_batch_size, limit_batches=trainer.limit_val_batches, shard=(ranks.rank, ranks.world), **loader_args)
     test_loader = TensorLoader(data.test.x, data.test.y, trainer.eval_batch_size, limit_batches=trainer.limit_val_batches, **loader_args)

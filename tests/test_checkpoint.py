@@ -25,6 +25,7 @@ TINY = ("trainer.checkpoint.every_n_epochs=1", "trainer.max_epochs=3", "trainer.
 MODELS = {
     "mlp": ("model=mlp", "model.hidden=32"),
     "cnn_dropout": ("model=cnn", "model.channels=4", "model.dropout=0.3"),
+    "cnn_augment": ("model=cnn", "model.channels=4", "data.shift=1", "+data.augment=[flip,rotate,crop,noise]"),  # random draws on the device per batch
     "lstm": ("model=lstm", "model.hidden=16"),
     "gan": ("model=gan", "model.hidden=32", "model.channels=8", "model.d_steps=2"),
     "perceptron": ("model=perceptron",),  # optim=rule: no gradients

@@ -136,7 +136,8 @@ def test_config_file_equals_registry_defaults(group: str, choice: str) -> None:
         assert node.pop("name") == choice
         params = node
     if group == "data":
-        assert set(LOADER_KEYS) == {"batch_size", "shift"}
+        assert set(LOADER_KEYS) == {"batch_size", "shift", "augment"}
+        assert params.pop("augment", []) == []  # data=image_folder lists data.augment, off by default
         assert check_value("data.batch_size", params.pop("batch_size"), int) >= 1
         shift = params.pop("shift", None)  # image data offers data.shift (augmentation), off by default
         assert (shift == 0) if REGISTRIES[group].get(choice).meta["kind"] == "image" else shift is None  # data=arrays' kind is its file's

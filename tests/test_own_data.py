@@ -399,3 +399,36 @@ def test_text_models_learn_and_predict_raw_texts(train_run, cli, tmp_path, model
     assert pd.read_csv(tmp_path / "p.csv")["pred"].tolist() == ["pos", "neg"]
     one_line(cli("data=text", f"data.path={own_data.reviews_csv()}", "data.text=reveiw", "data.target=rating", f"hydra.run.dir={tmp_path / 'r'}"), "data.text='reveiw' is not allowed", "did you mean 'review'?")
     one_line(cli("data=text", f"data.path={own_data.reviews_csv()}", "data.text=review", "data.target=rating", "model=mlp", f"hydra.run.dir={tmp_path / 'r'}"), "model=mlp needs", "text data; models for it: embedding_bag, gru, lstm, rnn")
+
+
+# --- data.augment ----------------------------------------------------------------------------------
+
+
+def test_augmentations_change_images_as_described() -> None:
+    import torch.nn.functional as F
+
+    from dltrain.engine.loader import augment_images
+
+    torch.manual_seed(0)
+    x = torch.randn(400, 1, 8, 8)
+    flipped = augment_images(x, ("flip",))
+    mirrored = (flipped == x.flip(-1)).flatten(1).all(1)
+    assert 150 < int(mirrored.sum()) < 250 and bool(((flipped == x).flatten(1).all(1) | mirrored).all())
+    noisy = augment_images(x, ("noise",)) - x
+    assert abs(noisy.std().item() - 0.1) < 0.005
+    # rotating by 0 at scale 1 resamples nothing: the affine grid hits every pixel centre
+    grid = F.affine_grid(torch.eye(2, 3).expand(400, 2, 3), [400, 1, 8, 8], align_corners=False)
+    torch.testing.assert_close(F.grid_sample(x, grid, padding_mode="border", align_corners=False), x)
+    moved = augment_images(x, ("rotate", "crop"))
+    assert moved.shape == x.shape and not torch.equal(moved, x) and moved.min() >= x.min() and moved.max() <= x.max()
+    torch.manual_seed(1)
+    a = augment_images(x, ("flip", "rotate", "crop", "noise"))
+    torch.manual_seed(1)
+    assert torch.equal(a, augment_images(x, ("flip", "rotate", "crop", "noise")))  # from torch's seeded RNG
+
+
+def test_augmented_training_on_an_image_folder(train_run, compose) -> None:
+    summary, _ = train_run("data=image_folder", *own_data.overrides("image_folder"), "model=cnn", "data.augment=[rotate,crop]", "trainer.max_epochs=4")
+    assert summary["test"]["accuracy"] > 0.85
+    with pytest.raises(UserError, match=r"data.augment=\['flip'\] is not allowed; data=table is table data, not images"):
+        validate(compose("data=table", *own_data.overrides("table"), "+data.augment=[flip]"))

@@ -15,8 +15,9 @@ from dltrain.registry import Registry
 DATASETS = Registry("data")
 
 # Keys of the data node used by the loader rather than the dataset builder: the batch size and,
-# for images, a random shift of up to `shift` pixels applied to training batches on the device.
-LOADER_KEYS = ("batch_size", "shift")
+# for images, a random shift of up to `shift` pixels and the `augment` list's random changes
+# (flip, rotate, crop, noise), applied to training batches on the device.
+LOADER_KEYS = ("batch_size", "shift", "augment")
 
 
 @dataclass

@@ -4,7 +4,8 @@ Small datasets live on the training device (the GPU too); each epoch draws one p
 a seeded generator and yields index-gathered batches. Data too large for the device stays in
 pinned host memory and each batch is copied asynchronously.
 
-`shift` augments training images on the device (`random_shift`). Data-parallel ranks share the
+`shift` and `augment` change training images on the device (`random_shift`, `augment_images`),
+from torch's RNG there, whose state checkpoints keep, so a resumed run draws the same. Data-parallel ranks share the
 permutation (the same seeded generator) and each takes its contiguous part of every global batch
 (`shard=(rank, world)`); `weight(i)` is that part's share of the batch, which makes the ranks'
 averaged gradients the gradient of the whole batch.
@@ -37,6 +38,7 @@ class TensorLoader:
         drop_last: bool = False,
         shard: tuple[int, int] = (0, 1),
         shift: int = 0,
+        augment: tuple[str, ...] = (),
     ) -> None:
         nbytes = x.nbytes + y.nbytes
         self.resident = device.type == "cpu" or nbytes <= RESIDENT_LIMIT_BYTES
@@ -49,7 +51,7 @@ class TensorLoader:
         self.x, self.y, self.device = x, y, device
         self.batch_size, self.shuffle, self.generator = batch_size, shuffle, generator
         self.rank, self.world = shard
-        self.shift, self.channels_last = shift, channels_last
+        self.shift, self.augment, self.channels_last = shift, tuple(augment), channels_last
         self.order: torch.Tensor | None = None  # the current epoch's permutation (CPU)
         n_batches = len(x) // batch_size if drop_last and len(x) >= batch_size else -(-len(x) // batch_size)
         self.num_batches = min(n_batches, limit_batches) if limit_batches else n_batches
@@ -98,6 +100,8 @@ class TensorLoader:
                 xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
             if self.shift:
                 xb = random_shift(xb, self.shift, self.channels_last)
+            if self.augment:
+                xb = augment_images(xb, self.augment, self.channels_last)
             yield xb, yb
 
 
@@ -111,6 +115,35 @@ def random_shift(x: torch.Tensor, pixels: int, channels_last: bool = False) -> t
     cols = (torch.arange(w, device=dev) + d[1]).clamp_(0, w - 1)  # (N, W)
     out = x[torch.arange(n, device=dev)[:, None, None, None], torch.arange(c, device=dev)[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
     return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+
+AUGMENTATIONS = ("flip", "rotate", "crop", "noise")
+MAX_DEGREES, MIN_SCALE, NOISE_STD = 15.0, 0.8, 0.1
+
+
+def augment_images(x: torch.Tensor, names: tuple[str, ...], channels_last: bool = False) -> torch.Tensor:
+    """Random changes to each image of an (N, C, H, W) batch, drawn per image where the batch is:
+    `flip` mirrors half of them left to right; `rotate` turns by up to 15 degrees and `crop`
+    zooms into a random 80-100% of the image (one affine resampling for both, edges repeated);
+    `noise` adds Gaussian noise of std 0.1 (the inputs are standardised: a tenth of their spread)."""
+    import math
+
+    import torch.nn.functional as F
+
+    n, dev = len(x), x.device
+    if "flip" in names:
+        x = torch.where(torch.rand(n, 1, 1, 1, device=dev) < 0.5, x.flip(-1), x)
+    if "rotate" in names or "crop" in names:
+        angle = (torch.rand(n, device=dev) * 2 - 1) * math.radians(MAX_DEGREES) if "rotate" in names else torch.zeros(n, device=dev)
+        scale = MIN_SCALE + torch.rand(n, device=dev) * (1 - MIN_SCALE) if "crop" in names else torch.ones(n, device=dev)
+        shift = (torch.rand(2, n, device=dev) * 2 - 1) * (1 - scale)  # the crop's centre, inside the image
+        cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+        theta = torch.stack([torch.stack([cos, -sin, shift[0]], 1), torch.stack([sin, cos, shift[1]], 1)], 1).to(x.dtype)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x.contiguous(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if "noise" in names:
+        x = x + NOISE_STD * torch.randn_like(x)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 class MemberLoader(TensorLoader):
@@ -143,4 +176,6 @@ class MemberLoader(TensorLoader):
                 xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
             if self.shift:
                 xb = random_shift(xb.flatten(0, 1), self.shift).reshape(xb.shape)
+            if self.augment:
+                xb = augment_images(xb.flatten(0, 1), self.augment).reshape(xb.shape)
             yield xb, yb
