@@ -38,7 +38,7 @@ lint: setup  ## ruff (pyflakes, import order, bugbear) and import-linter's layer
 	$(BIN)/ruff check dltrain hydra_plugins tests benchmarks examples
 	$(BIN)/lint-imports
 
-bench: setup  ## engine-overhead, CLI-startup, run start-up, checkpoint-cost, parallel-sweep, thread-contention and peers benchmarks (each prints its targets; a miss does not stop the rest)
+bench: setup  ## engine-overhead, CLI-startup, run start-up, checkpoint-cost, parallel-sweep, thread-contention, ensemble, own-data and peers benchmarks (each prints its targets; a miss does not stop the rest)
 	-$(BIN)/python benchmarks/engine_overhead.py
 	-$(BIN)/python benchmarks/engine_overhead.py --checkpoint-every-n-steps 50 --threads 1
 	-$(BIN)/python benchmarks/cli_startup.py
@@ -47,6 +47,7 @@ bench: setup  ## engine-overhead, CLI-startup, run start-up, checkpoint-cost, pa
 	-$(BIN)/python benchmarks/sweep_parallel.py
 	-$(BIN)/python benchmarks/threads_contention.py
 	-$(BIN)/python benchmarks/ensemble.py
+	-$(BIN)/python benchmarks/own_data.py
 	-$(BIN)/python benchmarks/peers.py
 
 bench-gpu: setup  ## CNN throughput vs a hand-written loop, and time to 98% (needs the MNIST files; CUDA if present)
