@@ -42,7 +42,12 @@ class Verb:
         if self.options is None:
             return getattr(module, self.function)(argv) or 0
         opts = parse_options(argv, getattr(module, self.options), self.name, self.positional)
-        return getattr(module, self.function)(opts) or 0
+        code = getattr(module, self.function)(opts) or 0
+        if self.module.startswith("dltrain.analysis.") and getattr(opts, "run_dir", None):
+            from dltrain.report import try_run_report
+
+            try_run_report(opts.run_dir, lambda m: sys.stderr.write(f"dltrain: warning: {m}\n"))  # the verb's outputs join the run's page
+        return code
 
 
 # The verb table: dispatch and `--help` are both made from it.
@@ -62,6 +67,9 @@ VERBS = {
         Verb("explain", "attribution heatmaps: dltrain explain RUN_DIR method=integrated_gradients|saliency|occlusion [n=16]", "dltrain.analysis.explain", "run_explain", "ExplainOptions"),
         Verb("robust", "accuracy under attack: dltrain robust RUN_DIR attack=fgsm|pgd|noise [eps=[0,0.05,0.1,0.2]]", "dltrain.analysis.robust", "run_robust", "RobustOptions"),
         Verb("sample", "new images from a VAE or GAN run: dltrain sample RUN_DIR [n=64] [seed=0] [label=K]", "dltrain.analysis.sample", "run_sample", "SampleOptions"),
+        Verb("runs", "list past runs, newest first: dltrain runs [DIR...] [model=cnn] [data=digits] [status=finished|interrupted|failed|running] [--json]", "dltrain.history", "runs_command"),
+        Verb("compare", "runs side by side (differing keys, metrics, overlaid curves, compare.html): dltrain compare RUN RUN ... | SWEEP_DIR [out=DIR]", "dltrain.history", "compare_command"),
+        Verb("report", "rebuild a run's report.html (or a sweep's or cv directory's): dltrain report RUN_DIR ...", "dltrain.history", "report_command"),
         Verb("plugins", "installed plugins (entry points dltrain.plugins) and --plugin files: version, what each registered", "dltrain.cli", "list_plugins"),
         Verb("help", "show this help", "dltrain.cli", "print_help"),
     ]
@@ -94,7 +102,7 @@ def print_help(argv: Sequence[str] = ()) -> int:
         "keys: any KEY=VALUE of the composed config, e.g. model.hidden=128 data.batch_size=64 seed=1;",
         "      `dltrain --cfg job` prints the whole config, `dltrain ls model` what each choice does.",
         "Hydra: -m/--multirun, --cfg job|hydra|all, --info, -sc install=bash (tab completion), --hydra-help",
-        "The run directory (config.yaml, metrics.csv, summary.json, checkpoints/, plots/, train.log)",
+        "The run directory (config.yaml, metrics.csv, summary.json, checkpoints/, plots/, train.log, report.html)",
         "is printed at the end of each run.",
     ]
     print("\n".join(lines))

@@ -91,7 +91,7 @@ def collect_folds(cv_dir: Path) -> tuple[int, list[dict[str, Any]]] | None:
 
 
 def summarize_cv(cv_dir: str | Path, console=None) -> dict[str, Any] | None:
-    """Write cv.csv, cv.json and cv.png for a cv directory and print its table; None if it holds no folds."""
+    """Write cv.csv, cv.json, cv.png and report.html for a cv directory and print its table; None if it holds no folds."""
     import numpy as np
 
     from dltrain.files import atomic_write
@@ -119,6 +119,10 @@ def summarize_cv(cv_dir: str | Path, console=None) -> dict[str, Any] | None:
     atomic_write(cv_dir / "cv.csv", buffer.getvalue().encode())
     atomic_write(cv_dir / "cv.json", (json.dumps(result, indent=2) + "\n").encode())
     _plot(cv_dir / "cv.png", folds, [m for m in metrics if m.startswith("val_")], mean, std, k)
+    from dltrain.report import esc, folder_report
+
+    means = ", ".join(f"{m} {mean[m]:.4g} ± {std[m]:.2g}" for m in metrics if m in mean and m.startswith("val_"))
+    folder_report(cv_dir, f"dltrain cv: {k} folds", "cv.csv", f"<p>{len(done)} of {k} folds completed; {esc(means)}</p>")
     if console is not None:
         _table(console, cv_dir, result, metrics)
     return result

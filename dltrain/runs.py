@@ -77,3 +77,6 @@ def print_summary(console, summary: dict, run_dir: str) -> None:
     table.add_row("device", summary["device"] + (f" x {summary['ranks']} ranks" if summary.get("ranks", 1) > 1 else ""))
     console.print(table)
     console.print(f"run directory: [bold]{run_dir}[/]", highlight=False, soft_wrap=True)  # one line, to copy
+    report = Path(run_dir) / "report.html"
+    if report.is_file():
+        console.print(f"report: {report}", highlight=False, soft_wrap=True)

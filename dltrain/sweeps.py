@@ -5,6 +5,7 @@
     <sweep dir>/sweep.csv       one row per job: status, swept values, objective, metrics, seconds, run dir
     <sweep dir>/best.yaml       the winning job: its overrides, objective and test metrics
     <sweep dir>/sweep.png       the objective against each swept parameter
+    <sweep dir>/report.html     all of it on one page, each job linked to its own report.html
 
 A job that fails (a bad combination, a diverged loss, an exception) is recorded as failed with a
 one-line reason and the sweep goes on. `summarize` re-creates the three files from the job
@@ -468,14 +469,29 @@ def _swept(jobs: Sequence[JobResult]) -> list[str]:
 
 
 def summarize(sweep_dir: str | Path, objective: str | None = None, direction: str | None = None, console=None) -> SweepResult:
-    """Write sweep.csv, best.yaml and sweep.png for a sweep directory and print its table."""
+    """Write sweep.csv, best.yaml, sweep.png and report.html for a sweep directory and print its table."""
     result = collect(Path(sweep_dir), objective, direction)
     write_csv(result)
     write_best(result)
     plot_sweep(result)
+    write_report(result)
     if console is not None:
         print_table(console, result)
     return result
+
+
+def write_report(result: SweepResult) -> Path:
+    """report.html: the best job, the objective against each swept key, and every job (linked)."""
+    from dltrain.report import esc, folder_report
+
+    best = result.best
+    counts = {}
+    for j in result.jobs:
+        counts[j.status] = counts.get(j.status, 0) + 1
+    intro = f"<p>{len(result.jobs)} jobs ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}); objective <code>{esc(result.objective)}</code> ({esc(result.direction)})"
+    if best is not None:
+        intro += f"; best: job {esc(best.job)} with {esc(result.objective)}={best.objective:.4g}: <code>{esc(' '.join(best.overrides))}</code>"
+    return folder_report(result.path, f"dltrain sweep: {result.path.name}", "sweep.csv", intro + "</p>", first=("best.yaml",))
 
 
 def _metric_columns(result: SweepResult) -> list[str]:

@@ -46,6 +46,7 @@ from dltrain.models.ensemble import Ensemble
 from dltrain.models.layers import INITS, count_parameters
 from dltrain.optim import OPTIMIZERS, build_schedule
 from dltrain.regularization import Regularizer, WeightPenalty, build_regularizers
+from dltrain.report import record_ending, try_run_report
 from dltrain.tasks import TASKS
 from dltrain.tasks.distill import Distillation
 from dltrain.tasks.ensemble import EnsembleTraining
@@ -256,7 +257,18 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
             finally:
                 os.environ.pop(LOCK_HELD, None)
         with StopSignals() as stop:  # also around building and the final test: a signal there stops cleanly
-            return _train(spec, plain, config_text, run, ranks, resume, stop, console, config_yaml, on_epoch, load, started)
+            try:
+                summary = _train(spec, plain, config_text, run, ranks, resume, stop, console, config_yaml, on_epoch, load, started)
+            except (TrainingInterrupted, UserError) as e:
+                if ranks.main and run.started:  # a run that began: its folder says how it ended
+                    status = "interrupted" if isinstance(e, TrainingInterrupted) else "failed"
+                    with contextlib.suppress(OSError, UserError):
+                        record_ending(run.path, status, str(e))
+                    try_run_report(run.path, log.warning, status, str(e))
+                raise
+        if ranks.main:
+            try_run_report(run.path, log.warning, "finished")
+        return summary
 
 
 def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, resume, stop: StopSignals, console, config_yaml: str | None, on_epoch, load: CpuLoad | None = None, started: float | None = None) -> dict[str, Any]:
@@ -318,6 +330,7 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
     main = ranks.main  # only rank 0 writes the run directory
     if main:
         run.create()
+        run.started = True
         if config_yaml is not None:
             run.write_config(config_yaml)
         with writing(run.path / plugins.RECORD):

@@ -58,8 +58,10 @@ def plot_history(history: Sequence[dict], folder: Path) -> list[Path]:
         ax = fig.add_subplot()
         for key in series:
             ax.plot(epochs, [row[key] for row in history], marker="o" if len(epochs) < 30 else None, ms=3, label=key)
+        ax.set_title("training and validation loss" if name == "loss" else f"validation {name}")
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
+        ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()

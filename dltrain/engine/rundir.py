@@ -7,6 +7,7 @@
                      step-NNNNNNNN/ full training-state checkpoints (see engine/checkpoint.py)
     plots/           loss.png and one PNG per validation metric
     train.log        the run's log (written by Hydra's job logging)
+    report.html      one self-contained page of all of it (dltrain/report.py), written as the run ends
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def weights_sha256(state: Mapping[str, torch.Tensor]) -> str:
 
 
 # What a run directory may hold: dltrain's files, Hydra's (.hydra/, train.log) and a sweep job's.
-OURS = frozenset({"config.yaml", "metrics.csv", "summary.json", "checkpoints", "plots", "train.log", ".hydra", ".lock", "tensorboard", "analysis", "job.json", "plugins.json", "pretraining.json", "preprocessing.json"})
+OURS = frozenset({"config.yaml", "metrics.csv", "summary.json", "checkpoints", "plots", "train.log", ".hydra", ".lock", "tensorboard", "analysis", "job.json", "plugins.json", "pretraining.json", "preprocessing.json", "report.html"})
 
 
 def check_run_dir(path: Path, config_sha256: str, resuming: bool) -> None:
@@ -87,6 +88,7 @@ class RunDir:
         self.checkpoints = self.path / "checkpoints"
         self.plots = self.path / "plots"
         self._columns: list[str] | None = None
+        self.started = False  # this process began writing the run (its config.yaml)
 
     def create(self) -> None:
         with writing(self.path):

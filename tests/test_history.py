@@ -1,0 +1,241 @@
+"""See your runs: report.html per run (parsed back), `dltrain runs`, `dltrain compare`, `dltrain
+report`, sweep pages, and the page in a real headless browser where chromium is installed."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+import dltrain
+from dltrain.files import FolderLock
+from tests.conftest import assert_one_line_exit_2
+from tests.test_cli import dltrain as dltrain_command
+from tests.test_sweep import in_process
+
+SHORT = ("trainer.max_epochs=2", "trainer.progress=none")
+
+
+class Page(HTMLParser):
+    """What a report holds: section ids, headings, text, table cells, images, links, scripts."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.sections, self.headings, self.images, self.links, self.cells, self.text = [], [], [], [], [], []
+        self.tags: dict[str, int] = {}
+        self.status = None
+        self._in: list[str] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags[tag] = self.tags.get(tag, 0) + 1
+        if tag == "section":
+            self.sections.append(a.get("id"))
+        elif tag == "img":
+            self.images.append(a["src"])
+        elif tag == "a":
+            self.links.append(a["href"])
+        elif tag == "span" and "status" in (a.get("class") or "").split():
+            self.status = a["class"].split()[1]
+        self._in.append(tag)
+
+    def handle_endtag(self, tag):
+        if self._in and self._in[-1] == tag:
+            self._in.pop()
+
+    def handle_data(self, data):
+        if not data.strip():
+            return
+        self.text.append(data)
+        if self._in and self._in[-1] in ("h1", "h2", "h3"):
+            self.headings.append(data.strip())
+        if self._in and self._in[-1] in ("td", "th"):
+            self.cells.append(data.strip())
+
+    @property
+    def all_text(self) -> str:
+        return " ".join(self.text)
+
+
+def page(path: Path) -> Page:
+    return Page((path / "report.html").read_text())
+
+
+def png_bytes(src: str) -> bytes:
+    assert src.startswith("data:image/png;base64,"), src[:40]
+    return base64.b64decode(src.split(",", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Three finished runs through the Python API (as the CLI writes them): two MLPs, one CNN."""
+    root = tmp_path_factory.mktemp("runs")
+    made = {}
+    for name, overrides in {"mlp": ("model=mlp", "model.hidden=32"), "cnn": ("model=cnn", "model.channels=4"), "sgd": ("model=mlp", "model.hidden=32", "optim=sgd")}.items():
+        made[name] = dltrain.train(*overrides, *SHORT, run_dir=root / "outputs" / name).dir
+    return made
+
+
+def test_a_finished_runs_report_holds_its_command_config_metrics_and_curves(runs):
+    run = runs["cnn"]
+    p = page(run)
+    summary = json.loads((run / "summary.json").read_text())
+    assert p.sections == ["command", "metrics", "config", "curves", "epochs"]  # pictures: a task's (samples, forecasts)
+    assert p.status == "finished" and "cnn on digits" in p.headings[0]
+    assert "dltrain model=cnn model.channels=4 trainer.max_epochs=2 trainer.progress=none" in p.all_text
+    assert f"{summary['test']['accuracy']:.4g}" in p.cells and "test accuracy" in p.cells
+    assert "model.channels" in p.cells and "model=cnn" in p.all_text  # the overrides, the choices
+    assert "kernel_size: 3" in p.all_text  # the full config, folded
+    assert len(p.images) == 2  # loss.png, accuracy.png
+    assert all(png_bytes(src).startswith(b"\x89PNG\r\n\x1a\n") for src in p.images)
+    assert p.tags.get("script", 0) == 0 and not [h for h in p.links if "://" in h]  # offline: nothing fetched
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert f"{float(rows[-1]['val_loss']):.4g}" in p.cells  # the epochs table
+
+
+def test_the_report_shows_an_analysis_verbs_outputs_after_it_runs(runs, tmp_path, capsys):
+    run = shutil.copytree(runs["mlp"], tmp_path / "run")
+    code, out, err = in_process(capsys, "eval", str(run), "split=val")
+    assert code == 0, err
+    p = page(run)
+    assert "analysis" in p.sections and "dltrain eval" in p.headings
+    produced = sorted(q.name for q in (run / "analysis" / "eval").glob("*.png"))
+    assert produced and len(p.images) >= 2 + len(produced)
+
+
+def test_an_interrupted_and_a_failed_run_say_so_in_the_report_and_in_runs(train_run, run_train, tmp_path, monkeypatch, capsys):
+    from dltrain.engine.checkpoint import TrainingInterrupted
+    from dltrain.errors import UserError
+
+    tiny = ("model=mlp", "model.hidden=16", "trainer.max_epochs=3", "trainer.limit_train_batches=7", "trainer.checkpoint.every_n_steps=3")
+    monkeypatch.setenv("DLTRAIN_TEST_KILL", "sigint:5")
+    with pytest.raises(TrainingInterrupted):
+        run_train(tmp_path / "outputs" / "stopped", *tiny)
+    monkeypatch.delenv("DLTRAIN_TEST_KILL")
+    with pytest.raises(UserError, match="diverged"):
+        run_train(tmp_path / "outputs" / "diverged", "model=mlp", "optim=sgd", "optim.lr=1e12", "trainer.max_epochs=2")
+    stopped, diverged = page(tmp_path / "outputs" / "stopped"), page(tmp_path / "outputs" / "diverged")
+    assert stopped.status == "interrupted" and "not reached its final test" in stopped.all_text
+    assert diverged.status == "failed" and "diverged" in diverged.all_text
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = in_process(capsys, "runs", "--json")
+    assert code == 0
+    assert {Path(r["run_dir"]).name: r["status"] for r in json.loads(out)} == {"stopped": "interrupted", "diverged": "failed"}
+
+
+def test_runs_lists_newest_first_filters_and_says_what_is_running(runs, capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(runs["mlp"].parent.parent)
+    code, out, _ = in_process(capsys, "runs", "--json")
+    listed = json.loads(out)
+    assert code == 0 and [Path(r["run_dir"]).name for r in listed] == ["sgd", "cnn", "mlp"]  # newest first
+    cnn = next(r for r in listed if r["model"] == "cnn")
+    summary = json.loads((runs["cnn"] / "summary.json").read_text())
+    assert cnn["status"] == "finished" and cnn["metric"] == "accuracy" and cnn["value"] == summary["test"]["accuracy"] and cnn["epochs"] == 2
+    _, out, _ = in_process(capsys, "runs", "model=mlp", "--json")
+    assert sorted(Path(r["run_dir"]).name for r in json.loads(out)) == ["mlp", "sgd"]
+    _, out, _ = in_process(capsys, "runs", "status=failed", "--json")
+    assert json.loads(out) == []
+    from dltrain.report import run_status
+
+    unfinished = shutil.copytree(runs["sgd"], tmp_path / "unfinished")
+    (unfinished / "summary.json").unlink()
+    with FolderLock(unfinished):  # a process is writing into it
+        assert run_status(unfinished) == "running"
+    assert run_status(unfinished) == "interrupted"  # the lock is gone, the summary never came
+    code, out, _ = in_process(capsys, "runs")  # the table, at the test console's width
+    assert code == 0 and "outputs/cnn" in out and "accuracy" in out
+
+
+def test_the_runs_table_keeps_the_useful_columns_at_80_columns(runs):
+    from rich.console import Console
+
+    from dltrain.history import read_run, runs_table
+
+    table = runs_table([read_run(p) for p in runs.values()], 80)
+    console = Console(width=80, record=True)
+    console.print(table)
+    text = console.export_text()
+    assert max(map(len, text.splitlines())) <= 80
+    assert "…" not in text and all(str(p.parent.name) in text for p in runs.values())
+    assert [c.header for c in table.columns][:4] == ["run", "status", "model", "accuracy"]
+
+
+@pytest.mark.parametrize(("args", "fragments"), [(("runs", "colour=red"), ("colour", "model, data, status, task")), (("runs", "status=done"), ("status", "done", "finished, interrupted")), (("runs", "nowhere"), ("nowhere",)), (("compare", "nowhere"), ("nowhere",)), (("report", "nowhere"), ("nowhere",)), (("runs", "--all"), ("--all", "--json"))])
+def test_bad_arguments_are_one_line_exit_2(args, fragments, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_exit_2(in_process(capsys, *args), *fragments)
+
+
+def test_compare_tables_the_differences_overlays_curves_and_writes_compare_html(runs, tmp_path, capsys):
+    out_dir = tmp_path / "cmp"
+    code, out, err = in_process(capsys, "compare", str(runs["mlp"]), str(runs["cnn"]), str(runs["sgd"]), f"out={out_dir}")
+    assert code == 0, err
+    assert "model.name" in out and "optim.name" in out and "test_accuracy" in out
+    rows = list(csv.DictReader((out_dir / "compare.csv").open()))
+    assert [r["model.name"] for r in rows] == ["mlp", "cnn", "mlp"] and [r["optim.name"] for r in rows] == ["adam", "adam", "sgd"]
+    assert "trainer.max_epochs" not in rows[0]  # the same in all three
+    tests = [json.loads((runs[n] / "summary.json").read_text())["test"]["accuracy"] for n in ("mlp", "cnn", "sgd")]
+    assert [float(r["test_accuracy"]) for r in rows] == tests
+    assert {p.name for p in out_dir.glob("*.png")} == {"train_loss.png", "val_loss.png", "val_accuracy.png", "lr.png"}
+    p = Page((out_dir / "compare.html").read_text())
+    assert len(p.images) == 4
+    assert [(out_dir / h).resolve() for h in p.links] == [(runs[n] / "report.html").resolve() for n in ("mlp", "cnn", "sgd")]
+    assert_one_line_exit_2(in_process(capsys, "compare", str(runs["mlp"])), "two runs or more")
+
+
+@pytest.mark.slow  # a sweep is its own process (it ends without the interpreter's teardown)
+def test_a_sweep_gets_a_report_linking_its_jobs_and_compare_takes_the_sweep(tmp_path, capsys):
+    result = dltrain_command("-m", "model.hidden=16,32", "trainer.max_epochs=1", "trainer.progress=none", "hydra.sweep.dir=multirun/s", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    sweep = tmp_path / "multirun" / "s"
+    p = page(sweep)
+    assert sorted(p.links) == ["0/report.html", "1/report.html"] and len(p.images) == 1  # sweep.png
+    assert "best.yaml" in p.all_text and "objective" in p.all_text
+    (sweep / "report.html").unlink()
+    assert in_process(capsys, "report", str(sweep))[0] == 0 and (sweep / "report.html").is_file()
+    code, out, _ = in_process(capsys, "compare", str(sweep), f"out={tmp_path / 'c'}")
+    assert code == 0 and "model.hidden" in out
+    rows = list(csv.DictReader((tmp_path / "c" / "compare.csv").open()))
+    assert [r["model.hidden"] for r in rows] == ["16", "32"]
+
+
+def test_report_rebuilds_a_runs_page(runs, tmp_path, capsys):
+    run = shutil.copytree(runs["sgd"], tmp_path / "run")
+    before = (run / "report.html").read_text()
+    (run / "report.html").unlink()
+    code, out, _ = in_process(capsys, "report", str(run))
+    assert code == 0 and out.strip() == f"report: {run / 'report.html'}"
+    assert page(run).sections == Page(before).sections
+
+
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (Debian: apt install chromium)")
+def test_the_report_renders_in_a_headless_browser_with_every_image_loaded(runs, tmp_path):
+    """Chromium loads the page offline, runs a check of every image, and prints the DOM."""
+    probe = tmp_path / "probe.html"
+    text = (runs["cnn"] / "report.html").read_text()
+    check = "<script>window.onload=()=>{const bad=[...document.images].filter(i=>!i.complete||i.naturalWidth===0).length;document.title='images:'+document.images.length+' broken:'+bad;}</script>"
+    probe.write_text(text.replace("</body>", check + "</body>"))
+    result = subprocess.run([CHROMIUM, "--headless", "--disable-gpu", "--no-sandbox", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    n = len(Page(text).images)
+    assert f"<title>images:{n} broken:0</title>" in result.stdout
+    shot = tmp_path / "report.png"
+    subprocess.run([CHROMIUM, "--headless", "--disable-gpu", "--no-sandbox", f"--screenshot={shot}", "--window-size=1200,2400", (runs["cnn"] / "report.html").as_uri()], capture_output=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+def test_a_generative_runs_report_shows_its_samples(train_run):
+    _, run = train_run("model=vae", "trainer.max_epochs=1", "trainer.limit_train_batches=3")
+    p = page(run)
+    drawn = sorted(q.name for q in (run / "plots").glob("*.png"))
+    assert "pictures" in p.sections and len(p.images) == len(drawn) and any("sample" in n for n in drawn), drawn
