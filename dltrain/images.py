@@ -21,15 +21,22 @@ def grid(images: torch.Tensor, nrow: int = 8, pad: int = 1) -> np.ndarray:
     return out[0] if c == 1 else out[:3].transpose(1, 2, 0)
 
 
-def save_grid(images: torch.Tensor, path: Path, nrow: int = 8, scale: int = 0) -> Path:
-    """Write a grid PNG; small images are enlarged (nearest neighbour) to about 40 px per tile."""
-    from PIL import Image
+def save_grid(images: torch.Tensor, path: Path, nrow: int = 8, scale: int = 0, label: str = "") -> Path:
+    """Write a grid PNG; small images are enlarged (nearest neighbour) to about 40 px per tile;
+    `label` (e.g. "samples, epoch 3") is written in a band above the grid."""
+    from PIL import Image, ImageDraw
 
     array = grid(images, nrow)
     scale = scale or max(1, 40 // images.shape[-1])
     img = Image.fromarray(array)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    if label:
+        band = 16
+        labelled = Image.new(img.mode, (img.width, img.height + band), 255 if img.mode == "L" else (255, 255, 255))
+        labelled.paste(img, (0, band))
+        ImageDraw.Draw(labelled).text((4, 2), label, fill=0 if img.mode == "L" else (0, 0, 0))
+        img = labelled
     path.parent.mkdir(parents=True, exist_ok=True)
     import io
 

@@ -84,15 +84,21 @@ def _user_recipe_dirs() -> list:
 def list_recipes(console) -> None:
     from rich.table import Table
 
-    table = Table(title="recipes (" + ", ".join(str(d) for d in [recipes_dir(), *_user_recipe_dirs()]) + ")")
-    for col in ("name", "model", "data", "expected", "CPU time", "what it is"):
-        table.add_column(col, style="bold" if col == "name" else None)
-    for name in recipe_names():
-        r = info(name)
-        expected = "; ".join(f"{k} {describe_bounds(b)}" for k, b in r.expected.items())
-        kind = f"{r.model} (sweep)" if r.sweep else r.model
-        table.add_row(r.name, kind, r.data, expected, r.header.get("CPU time", "?"), r.description)
-    console.print(table)
+    recipes = [info(name) for name in recipe_names()]
+    folders = ", ".join(str(d) for d in [recipes_dir(), *_user_recipe_dirs()])
+    rows = [(r.name, f"{r.model} (sweep)" if r.sweep else r.model, r.data, "; ".join(f"{k} {describe_bounds(b)}" for k, b in r.expected.items()), r.header.get("CPU time", "?"), r.description) for r in recipes]
+    if console.width >= 120:
+        table = Table(title=f"recipes ({folders})", title_justify="left")
+        for col in ("name", "model", "data", "expected", "CPU time", "what it is"):
+            table.add_column(col, style="bold" if col == "name" else None, no_wrap=col in ("name", "model", "data"), ratio=2 if col == "what it is" else None)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    else:  # narrower: two lines per recipe, nothing cut (dltrain recipes show NAME: what each is)
+        console.print(f"recipes ({folders}); dltrain recipes show NAME: what each is", highlight=False, soft_wrap=True)
+        for name, model, data, expected, cpu, _ in rows:
+            console.print(f"[bold]{name}[/]  {model} on {data}, CPU time {cpu}", highlight=False)
+            console.print(f"    expected: {expected}", highlight=False)
     console.print("run one: dltrain recipe=NAME; check it: dltrain verify NAME; edit a copy: dltrain recipes cp NAME PATH", highlight=False)
 
 

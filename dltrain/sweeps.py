@@ -573,8 +573,12 @@ def plot_sweep(result: SweepResult) -> Path | None:
         ys = [j.objective for j in done]
         if all(x is not None for x in numbers):
             ax.scatter(numbers, ys, s=22, alpha=0.8)
-            if min(numbers) > 0 and max(numbers) / min(numbers) >= 100:
-                ax.set_xscale("log")
+            if min(numbers) > 0 and max(numbers) / min(numbers) >= 10:
+                ax.set_xscale("log")  # learning rates, weight decays: log-spaced
+            elif all(float(x).is_integer() and "." not in v for x, v in zip(numbers, values, strict=True)):
+                from matplotlib.ticker import MaxNLocator
+
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers, units: no 1.5
             if best is not None:
                 ax.scatter([_number(best.params.get(key, ""))], [best.objective], marker="*", s=160, c="red", zorder=3, label="best")
         else:
@@ -597,6 +601,12 @@ def plot_sweep(result: SweepResult) -> Path | None:
     return path
 
 
+def _header(key: str, swept: Sequence[str]) -> str:
+    """A swept key's column header: its last part (optim.lr -> lr) where no other key shares it."""
+    tail = key.rsplit(".", 1)[-1]
+    return tail if sum(k.rsplit(".", 1)[-1] == tail for k in swept) == 1 else key
+
+
 def _short(value: str) -> str:
     number = _number(value)
     return f"{number:.4g}" if number is not None and "." in value else value
@@ -613,19 +623,26 @@ def print_table(console, result: SweepResult, limit: int = 40) -> None:
     from rich.table import Table
 
     metrics = _metric_columns(result)[:4]
-    table = Table(title=f"sweep {result.path}: {len(result.jobs)} jobs by {result.objective} ({result.direction})")
-    table.add_column("job", justify="right")
-    table.add_column("status")
-    for k in result.swept:
-        table.add_column(k)
-    for m in metrics:
-        table.add_column(m, justify="right", style="bold" if m == result.objective else None)
-    table.add_column("seconds", justify="right")
+    metrics = sorted(metrics, key=lambda m: m != result.objective)  # the objective first: the last to go
     styles = {"completed": "green", "pruned": "yellow", "failed": "red"}
-    for j in result.jobs[:limit]:
-        status = f"[{styles.get(j.status, 'dim')}]{j.status}[/]"
-        cells = [f"{j.metrics[m]:.4f}" if m in j.metrics else "" for m in metrics]
-        table.add_row(j.job, status, *(_short(j.params.get(k, "")) for k in result.swept), *cells, "" if j.seconds is None else f"{j.seconds:.1f}")
+    jobs = result.jobs[:limit]
+    columns = {  # header -> cells, in the order they are left out when the table is too wide (last first)
+        "job": [j.job for j in jobs], "status": [j.status for j in jobs],
+        **{_header(k, result.swept): [_short(j.params.get(k, "")) for j in jobs] for k in result.swept},
+        **{m: [f"{j.metrics[m]:.4f}" if m in j.metrics else "" for j in jobs] for m in metrics},
+        "seconds": ["" if j.seconds is None else f"{j.seconds:.1f}" for j in jobs],
+    }
+    keep = 2 + len(result.swept) + bool(metrics)  # job, status, the swept keys and the objective stay
+    shown = list(columns)
+    need = {h: max(len(h), *(len(c) for c in cells)) + 3 for h, cells in columns.items()}
+    while len(shown) > keep and sum(need[h] for h in shown) + 1 > console.width:
+        shown.pop()
+    left_out = len(columns) - len(shown)
+    table = Table(title=f"sweep {result.path}: {len(result.jobs)} jobs by {result.objective} ({result.direction})" + (f"; {left_out} more columns in sweep.csv" if left_out else ""), title_justify="left")
+    for h in shown:
+        table.add_column(h, justify="left" if h == "status" or h in [_header(k, result.swept) for k in result.swept] else "right", style="bold" if h == result.objective else None, no_wrap=True)
+    for i, j in enumerate(jobs):
+        table.add_row(*(f"[{styles.get(j.status, 'dim')}]{j.status}[/]" if h == "status" else columns[h][i] for h in shown))
     console.print(table)
     if len(result.jobs) > limit:
         console.print(f"... {len(result.jobs) - limit} more rows in sweep.csv", highlight=False)
@@ -637,7 +654,7 @@ def print_table(console, result: SweepResult, limit: int = 40) -> None:
         console.print("[red]no job finished[/]")
     else:
         console.print(f"best: job {best.job}, {result.objective}={best.objective:.4f}: dltrain {' '.join(best.overrides)}", highlight=False)
-    console.print(f"sweep.csv, best.yaml, sweep.png: [bold]{result.path}[/]", highlight=False)
+    console.print(f"sweep.csv, best.yaml, sweep.png, report.html: [bold]{result.path}[/]", highlight=False)
 
 
 @dataclass

@@ -380,7 +380,7 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
         log.warning(message)
         console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)  # one line, however wide
 
-    progress = progress_display(console, trainer.progress if main else "none", trainer.max_epochs, len(train_loader), batch_size)
+    progress = progress_display(console, trainer.progress if main else "none", trainer.max_epochs, len(train_loader), batch_size, task.mode)
     grad_norms = GradNorms(model, [ph.optimizer for ph in phases], warn) if main and trainer.log_grad_norms else None
     callbacks = [*([grad_norms] if grad_norms else []), TaskEpochEnd(task, net, run.plots, warn), MetricsLog(run.append_metrics, loggers)] if main else []
     callbacks += [c for c in (progress, EpochReport(on_epoch) if on_epoch else None) if c is not None]

@@ -153,8 +153,10 @@ def test_runs_lists_newest_first_filters_and_says_what_is_running(runs, capsys, 
     assert code == 0 and "outputs/cnn" in out and "accuracy" in out
 
 
-def test_the_runs_table_keeps_the_useful_columns_at_80_columns(runs):
+def test_the_runs_table_keeps_the_useful_columns_at_80_columns(runs, monkeypatch):
     from rich.console import Console
+
+    monkeypatch.chdir(runs["mlp"].parent.parent)  # paths as `dltrain runs` shows them: outputs/mlp
 
     from dltrain.history import read_run, runs_table
 
@@ -239,3 +241,62 @@ def test_a_generative_runs_report_shows_its_samples(train_run):
     p = page(run)
     drawn = sorted(q.name for q in (run / "plots").glob("*.png"))
     assert "pictures" in p.sections and len(p.images) == len(drawn) and any("sample" in n for n in drawn), drawn
+
+
+# ---- the console and the plots -------------------------------------------------------------------
+
+
+def test_the_progress_bar_shows_the_last_validation_metric_and_the_best_so_far():
+    from rich.console import Console
+
+    from dltrain.engine.progress import ProgressBar
+    from dltrain.tasks.base import Task
+
+    class Regression(Task):
+        higher_is_better = ("r2",)
+
+    bar = ProgressBar(Console(file=None, width=120), 3, 10, 32, better=Regression.mode.__get__(Regression.__new__(Regression)))
+    shown = [bar.validation({"epoch": e, "val_loss": 1.0, "val_rmse": v}) for e, v in enumerate((0.5, 0.3, 0.4), 1)]
+    assert shown == ["val_rmse 0.5000 (best 0.5000)", "val_rmse 0.3000 (best 0.3000)", "val_rmse 0.4000 (best 0.3000)"]
+    bar = ProgressBar(Console(width=120), 3, 10, 32, better=Regression.mode.__get__(Regression.__new__(Regression)))
+    assert [bar.validation({"val_r2": v}) for v in (0.5, 0.7, 0.6)][-1] == "val_r2 0.6000 (best 0.7000)"
+
+
+def test_a_sweep_table_fits_80_columns_and_keeps_its_keys_and_objective():
+    from rich.console import Console
+
+    from dltrain.sweeps import JobResult, SweepResult, print_table
+
+    metrics = {"val_loss": 0.31, "val_accuracy": 0.91, "test_loss": 0.3, "test_accuracy": 0.9}
+    jobs = [JobResult(str(i), "completed", [f"optim.lr={lr}", f"model.hidden={h}", f"model.layers={n}"], Path(str(i)), objective=0.91, seconds=3.2, metrics=metrics) for i, (lr, h, n) in enumerate([(0.001, 64, 1), (0.01, 128, 2)])]
+    console = Console(width=80, record=True)
+    print_table(console, SweepResult(Path("multirun/x"), "val_accuracy", "maximize", jobs, ["optim.lr", "model.hidden", "model.layers"]))
+    text = console.export_text()
+    assert max(map(len, text.splitlines())) <= 80 and "…" not in text
+    header = next(line for line in text.splitlines() if "status" in line)
+    assert all(h in header for h in ("job", "status", "lr", "hidden", "layers", "val_accuracy"))
+
+
+def test_recipes_are_listed_whole_at_80_columns(capsys):
+    from rich.console import Console
+
+    from dltrain.recipe import info, list_recipes, recipe_names
+
+    console = Console(width=80, record=True)
+    list_recipes(console)
+    text = console.export_text()
+    assert "…" not in text and all(f"{n}  {info(n).model}" in text for n in recipe_names())
+
+
+def test_sample_grids_carry_their_epoch(tmp_path):
+    import torch
+    from PIL import Image
+
+    from dltrain.images import save_grid
+
+    plain = save_grid(torch.rand(8, 1, 8, 8), tmp_path / "plain.png")
+    labelled = save_grid(torch.rand(8, 1, 8, 8), tmp_path / "labelled.png", label="samples, epoch 3")
+    with Image.open(plain) as a, Image.open(labelled) as b:
+        assert b.height == a.height + 16 and b.width == a.width
+        band = list(b.crop((0, 0, b.width, 16)).getdata())
+        assert min(band) < 128 < max(band)  # dark text on a white band

@@ -99,7 +99,7 @@ class GenerativeTask(Task):
         model.eval()
         device = next(model.parameters()).device
         if self.samples_quality:
-            save_grid(self.sample(model, self.noise(model, GRID, device)), plots / f"samples_e{epoch:03d}.png")
+            save_grid(self.sample(model, self.noise(model, GRID, device)), plots / f"samples_e{epoch:03d}.png", label=f"samples, epoch {epoch}")
         self.extra_grids(model, epoch, plots, device)
         model.train(was_training)
         return []
@@ -143,13 +143,13 @@ class ReconstructionTask(GenerativeTask):
         x, y = self.data.val.x[:32].to(device), self.data.val.y[:32].to(device)
         recon = torch.sigmoid(model(x, self.labels(model, y)))
         pairs = torch.stack([self.unit(x), recon], 1).flatten(0, 1)  # input, reconstruction, ...
-        save_grid(pairs, plots / f"recon_e{epoch:03d}.png", nrow=16)
+        save_grid(pairs, plots / f"recon_e{epoch:03d}.png", nrow=16, label=f"inputs and reconstructions, epoch {epoch}")
         # walk the latent line between the codes of two validation images, in 10 steps
         codes = model.encode(x[:8], self.labels(model, y[:8]))[:, : model.latent_dim]
         t = torch.linspace(0, 1, 10, device=device)[None, :, None]
         line = codes[0::2, None] * (1 - t) + codes[1::2, None] * t  # 4 pairs x 10 steps
         ys = self.labels(model, y[0::2].repeat_interleave(10))
-        save_grid(torch.sigmoid(model.decode(line.flatten(0, 1), ys)), plots / f"interpolation_e{epoch:03d}.png", nrow=10)
+        save_grid(torch.sigmoid(model.decode(line.flatten(0, 1), ys)), plots / f"interpolation_e{epoch:03d}.png", nrow=10, label=f"interpolations, epoch {epoch}")
 
 
 @TASKS.register("autoencoder", help="reconstruct the input through a bottleneck; metrics: loss, recon_error")
