@@ -107,7 +107,7 @@ def _register_plugin_defaults() -> None:
             if name in on_disk.get(group, []) or f"{name}.yaml" in store.repo.get(group, {}):
                 continue
             defaults = regs[kinds[group]].get(name).defaults()
-            node = {name: defaults} if group == "reg" else {"name": name, **defaults}
+            node = {name: defaults} if group in ("reg", "logger") else {"name": name, **defaults}  # groups of several choices
             store.store(group=group, name=name, node=OmegaConf.create(node), provider="dltrain-plugin")
 
 

@@ -9,6 +9,7 @@ anything is built or written; a problem is one `UserError` line naming key, valu
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -69,7 +70,7 @@ class RunSpec:
     sched: dict[str, Any]
     init: dict[str, Any]
     reg: dict[str, dict[str, Any]]
-    logger: dict[str, Any]
+    logger: dict[str, dict[str, Any]]  # logger=[tensorboard,mlflow]: each chosen logger by name, with its keys
     trainer: TrainerConfig
     batch_size: int
     shift: int = 0  # data.shift: random translation of training images, in pixels
@@ -98,9 +99,9 @@ def check_sweep(sweep: SweepConfig, task_cls, cv_k: int = 0) -> SweepConfig:
     return sweep
 
 
-COMPONENT_SECTIONS = ("model", "data", "loss", "optim", "sched", "init", "logger")
+COMPONENT_SECTIONS = ("model", "data", "loss", "optim", "sched", "init")
 OPTIONAL_SECTIONS = ("optim_d", "sched_d")  # present only for models with a second optimizer
-TOP_LEVEL = (*COMPONENT_SECTIONS, *OPTIONAL_SECTIONS, "reg", "trainer", "seed", "task", "sweep", "expected", "distill", "cv", "ensemble")
+TOP_LEVEL = (*COMPONENT_SECTIONS, *OPTIONAL_SECTIONS, "reg", "logger", "trainer", "seed", "task", "sweep", "expected", "distill", "cv", "ensemble")
 
 
 def _component(registry, node: Any, key: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -109,6 +110,24 @@ def _component(registry, node: Any, key: str, skip: tuple[str, ...] = ()) -> dic
     params = {k: v for k, v in node.items() if k != "name" and k not in skip}
     name = node["name"]
     return {"name": name, **registry.check(str(name), params, key)}
+
+
+def _chosen(registry, node: Any, key: str, example: str) -> dict[str, dict[str, Any]]:
+    """A group of which several choices may be taken at once (reg, logger): each chosen entry by
+    name, its keys checked against its builder."""
+    node = node or {}
+    if key == "logger" and isinstance(node, Mapping) and isinstance(node.get("name"), str):  # a run of dltrain 0.1's first layout
+        node = {node["name"]: {k: v for k, v in node.items() if k != "name"}}
+    if not isinstance(node, Mapping):
+        raise ConfigError(key, node, f"choose a list such as {example} from: " + ", ".join(registry.names()))
+    out = {}
+    for name, params in node.items():
+        registry.get(str(name), key)
+        if params is not None and not isinstance(params, Mapping):
+            keys = ", ".join(registry.get(str(name)).params()) or "none"
+            raise ConfigError(f"{key}.{name}", params, f"allowed: a mapping of its keys ({keys}), e.g. {key}.{name}.KEY=VALUE")
+        out[str(name)] = registry.check(str(name), dict(params or {}), f"{key}.{name}")
+    return out
 
 
 def validate(cfg: Mapping[str, Any]) -> RunSpec:
@@ -149,16 +168,12 @@ def validate(cfg: Mapping[str, Any]) -> RunSpec:
     shift = check_value("data.shift", (cfg.get("data") or {}).get("shift", 0), NonNegativeInt)
     augment = tuple(check_value("data.augment", (cfg.get("data") or {}).get("augment") or [], list[Literal["flip", "rotate", "crop", "noise"]]))
 
-    reg_node = cfg.get("reg") or {}
-    if not isinstance(reg_node, Mapping):
-        raise ConfigError("reg", reg_node, "choose a list such as reg=[l2,dropout] from: " + ", ".join(REGULARIZERS.names()))
-    reg = {}
-    for name, params in reg_node.items():
-        REGULARIZERS.get(str(name), "reg")
-        if params is not None and not isinstance(params, Mapping):
-            keys = ", ".join(REGULARIZERS.get(str(name)).params()) or "none"
-            raise ConfigError(f"reg.{name}", params, f"allowed: a mapping of its keys ({keys}), e.g. reg.{name}.KEY=VALUE")
-        reg[name] = REGULARIZERS.check(str(name), dict(params or {}), f"reg.{name}")
+    reg = _chosen(REGULARIZERS, cfg.get("reg"), "reg", "reg=[l2,dropout]")
+    logger = _chosen(LOGGERS, cfg.get("logger"), "logger", "logger=[tensorboard,mlflow]")
+    for name in logger:  # an optional extra that is not installed: one line before anything runs
+        package, hint = LOGGERS.get(name).meta.get("requires", (None, ""))
+        if package and importlib.util.find_spec(package) is None:
+            raise UserError(hint)
 
     trainer = parse_dataclass(TrainerConfig, cfg.get("trainer"), "trainer")
     seed = check_value("seed", cfg.get("seed", 0), Seed)
@@ -208,7 +223,7 @@ def validate(cfg: Mapping[str, Any]) -> RunSpec:
         raise ConfigError("data.augment", list(augment), f"data={data_entry.name} is {kind} data, not images; allowed: []")
     if len(set(augment)) < len(augment):
         raise ConfigError("data.augment", list(augment), "names an augmentation twice; allowed: each of flip, rotate, crop, noise at most once")
-    return RunSpec(seed=seed, task=task, reg=reg, trainer=trainer, batch_size=batch_size, shift=shift, augment=augment, sweep=sweep, expected=expected, distill=distill, cv=cv, ensemble=ensemble, **parts)
+    return RunSpec(seed=seed, task=task, reg=reg, logger=logger, trainer=trainer, batch_size=batch_size, shift=shift, augment=augment, sweep=sweep, expected=expected, distill=distill, cv=cv, ensemble=ensemble, **parts)
 
 
 # loss=auto: the usual loss of each task the data can decide

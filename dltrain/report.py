@@ -292,7 +292,8 @@ def run_report(run_dir: str | Path, status: str | None = None, reason: str | Non
     config_parts = []
     if keys:
         config_parts.append(table(["override", "value in this run"], [(o.split("=", 1)[0], fmt(flat.get(o.split("=", 1)[0].lstrip("+~"), o.split("=", 1)[1]))) for o in keys]))
-    choices = [(g, (config.get(g) or {}).get("name")) for g in ("model", "data", "loss", "optim", "sched", "init", "logger") if isinstance(config.get(g), Mapping)]
+    choices = [(g, (config.get(g) or {}).get("name")) for g in ("model", "data", "loss", "optim", "sched", "init") if isinstance(config.get(g), Mapping)]
+    choices += [(g, "[" + ",".join(map(str, config[g])) + "]") for g in ("reg", "logger") if isinstance(config.get(g), Mapping) and config[g]]
     config_parts.append("<p>choices: " + " ".join(f"<code>{esc(g)}={esc(n)}</code>" for g, n in choices if n) + "</p>")
     config_parts.append(details("full config (config.yaml)", f"<pre>{esc(yaml.safe_dump(config, sort_keys=False))}</pre>"))
     body.append(section("config", "Config: what this run set", *config_parts))

@@ -46,7 +46,7 @@ from dltrain.models.ensemble import Ensemble
 from dltrain.models.layers import INITS, count_parameters
 from dltrain.optim import OPTIMIZERS, build_schedule
 from dltrain.regularization import Regularizer, WeightPenalty, build_regularizers
-from dltrain.report import record_ending, try_run_report
+from dltrain.report import flatten, record_ending, try_run_report
 from dltrain.tasks import TASKS
 from dltrain.tasks.distill import Distillation
 from dltrain.tasks.ensemble import EnsembleTraining
@@ -266,8 +266,10 @@ def train(cfg: Mapping[str, Any], run_dir: str | Path, console=None, config_yaml
                         record_ending(run.path, status, str(e))
                     try_run_report(run.path, log.warning, status, str(e))
                 raise
-        if ranks.main:
-            try_run_report(run.path, log.warning, "finished")
+            finally:
+                for logger in run.loggers:  # a run that stopped early: each tracker marks it so
+                    with contextlib.suppress(Exception):
+                        logger.close()
         return summary
 
 
@@ -371,7 +373,10 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
         writer.submit(name, snapshot(loop, model_state, phases, generator, config_sha256))
         return run.checkpoints / name
 
-    loggers = [LOGGERS.build(spec.logger, key="logger", run_dir=run.path)] if main else []
+    loggers = [LOGGERS.build({"name": name, **params}, key=f"logger.{name}", run_dir=run.path) for name, params in spec.logger.items()] if main else []
+    run.loggers = loggers  # closed by train() if the run stops before it finishes them
+    for logger in loggers:
+        logger.log_params(flatten(plain))
     log.info("model=%s (%d parameters) data=%s task=%s device=%s%s", spec.model["name"], count_parameters(model), data.name, spec.task, describe(device), f" x {ranks.world} ranks" if ranks.enabled else "")
     if data.note:
         log.info(data.note)
@@ -399,8 +404,6 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
         writer.close(quiet=True)
         raise
     finally:
-        for logger in loggers:
-            logger.close()
         if grad_norms:
             grad_norms.close()
         if average is not None:
@@ -486,6 +489,12 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
         },
     }
     run.write_summary(summary)
+    try_run_report(run.path, log.warning, "finished")
+    for logger in loggers:  # the trackers get the final metrics and the files, report.html too
+        logger.finish(summary, run.path)
+    run.loggers = []
+    for logger in loggers:
+        logger.close()
     return summary
 
 

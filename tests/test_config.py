@@ -44,6 +44,7 @@ TRAINER_HINTS = typing.get_type_hints(TrainerConfig, include_extras=True)
 CHOICES = [(g, c) for g, cs in groups().items() for c in cs]
 # choices that are not registry entries: reg=none (no regularizer), loss=auto (the task's usual loss)
 NOT_ENTRIES = {("reg", "none"): {}, ("loss", "auto"): {"name": "auto"}}
+MULTI = ("reg", "logger")  # groups of which several choices are taken at once: {name: {keys}}
 
 
 def read_choice(group: str, choice: str) -> dict[str, Any]:
@@ -70,7 +71,7 @@ def kind_of(choice: str) -> str:
 
 def is_preset(group: str, choice: str) -> bool:
     """A file that presets a registered entry under another name (e.g. optim=dcgan is adam)."""
-    return group in REGISTRIES and group != "reg" and choice not in REGISTRIES[group]
+    return group in REGISTRIES and group not in MULTI and choice not in REGISTRIES[group]
 
 
 def companions(group: str, choice: str) -> list[str]:
@@ -129,7 +130,7 @@ def test_config_file_equals_registry_defaults(group: str, choice: str) -> None:
         entry = REGISTRIES[group].get(node.pop("name"))
         assert REGISTRIES[group].check(entry.name, node, group) != entry.defaults()
         return
-    if group == "reg":  # {name: {params}}
+    if group in MULTI:  # {name: {params}}
         assert list(node) == [choice]
         params = node[choice] or {}
     else:
@@ -160,6 +161,8 @@ def test_every_choice_composes_and_validates(compose, group: str, choice: str) -
     spec = validate(cfg)
     if group == "reg":
         assert set(spec.reg) == (set() if choice == "none" else {choice})
+    elif group == "logger":
+        assert spec.logger == {choice: REGISTRIES[group].get(choice).defaults()}
     elif group == "trainer":
         for key, value in read_choice("trainer", choice).items():
             if not isinstance(value, dict):

@@ -300,3 +300,72 @@ def test_sample_grids_carry_their_epoch(tmp_path):
         assert b.height == a.height + 16 and b.width == a.width
         band = list(b.crop((0, 0, b.width, 16)).getdata())
         assert min(band) < 128 < max(band)  # dark text on a white band
+
+
+# ---- trackers ------------------------------------------------------------------------------------
+
+
+def test_several_loggers_at_once_mlflow_read_back_with_its_own_client_and_tensorboard_hparams_in_the_same_run(train_run, tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    store = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    summary, run = train_run("logger=[tensorboard,mlflow]", f"logger.mlflow.tracking_uri={store}", "model.hidden=32", "trainer.max_epochs=3", "trainer.checkpoint.every_n_epochs=1")
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("dltrain")
+    assert experiment.artifact_location == (tmp_path / "store" / "mlartifacts").as_uri()  # beside the store, not ./mlruns
+    [found] = client.search_runs([experiment.experiment_id])
+    assert found.info.status == "FINISHED" and found.info.run_name == run.name and found.data.tags["dltrain.run_dir"] == str(run.resolve())
+    assert found.data.params["model.hidden"] == "32" and found.data.params["optim.name"] == "adam" and found.data.params["logger.mlflow.experiment"] == "dltrain"
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    history = client.get_metric_history(found.info.run_id, "val_loss")
+    assert [(m.step, m.value) for m in history] == [(int(r["epoch"]), pytest.approx(float(r["val_loss"]), rel=1e-5)) for r in rows]
+    assert found.data.metrics["test_accuracy"] == pytest.approx(summary["test"]["accuracy"])
+    top = {a.path for a in client.list_artifacts(found.info.run_id)}
+    assert {"summary.json", "metrics.csv", "config.yaml", "report.html", "checkpoints", "plots", "tensorboard"} <= top
+    saved = {a.path for a in client.list_artifacts(found.info.run_id, "checkpoints")}
+    assert saved == {"checkpoints/best.safetensors", "checkpoints/last.safetensors"}  # not the step-N/ resume states
+
+    [events] = list((run / "tensorboard").iterdir())  # one run: the hparams did not start another
+    assert events.is_file()
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    assert {"train/loss", "val/loss", "val/accuracy", "hparam/test_accuracy"} <= set(acc.Tags()["scalars"])
+    assert [e.step for e in acc.Scalars("val/loss")] == [1, 2, 3]
+    assert "_hparams_/experiment" in acc.summary_metadata
+
+
+def test_an_interrupted_run_is_killed_in_mlflow(run_train, tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from dltrain.engine.checkpoint import TrainingInterrupted
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("DLTRAIN_TEST_KILL", "sigint:5")
+    with pytest.raises(TrainingInterrupted):
+        run_train(tmp_path / "run", "logger=mlflow", f"logger.mlflow.tracking_uri={store}", "model.hidden=16", "trainer.max_epochs=3", "trainer.limit_train_batches=7", "trainer.checkpoint.every_n_steps=3")
+    client = MlflowClient(store)
+    [found] = client.search_runs([client.get_experiment_by_name("dltrain").experiment_id])
+    assert found.info.status == "KILLED"
+
+
+def test_logger_choices_and_their_errors(compose, monkeypatch):
+    from dltrain.config import validate
+    from dltrain.errors import UserError
+
+    assert validate(compose()).logger == {"csv": {}}
+    assert validate(compose("logger=tensorboard")).logger == {"tensorboard": {"flush_secs": 30}}
+    assert list(validate(compose("logger=[csv,tensorboard]")).logger) == ["csv", "tensorboard"]
+    old = dict(compose())
+    old["logger"] = {"name": "tensorboard", "flush_secs": 5}  # a run directory from before loggers could be combined
+    assert validate(old).logger == {"tensorboard": {"flush_secs": 5}}
+    with pytest.raises(UserError, match=r"logger.tensorboard.flush_secs=0 .*>= 1"):
+        validate(compose("logger=tensorboard", "logger.tensorboard.flush_secs=0"))
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    with pytest.raises(UserError, match=r'logger=mlflow needs MLflow, an optional extra: pip install -e "\.\[mlflow\]"'):
+        validate(compose("logger=mlflow"))

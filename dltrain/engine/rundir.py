@@ -89,6 +89,7 @@ class RunDir:
         self.plots = self.path / "plots"
         self._columns: list[str] | None = None
         self.started = False  # this process began writing the run (its config.yaml)
+        self.loggers: list = []  # the run's experiment loggers until they are finished and closed
 
     def create(self) -> None:
         with writing(self.path):
