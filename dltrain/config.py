@@ -216,7 +216,7 @@ def validate(cfg: Mapping[str, Any]) -> RunSpec:
         raise ConfigError("distill.teacher", distill.teacher, f"model={model_entry.name} learns by its own rule, which a teacher's soft targets do not change; allowed: null")
     if distill.teacher is not None and task != "classification":
         raise ConfigError("distill.teacher", distill.teacher, f"distillation matches class probabilities, and task {task} has none; allowed: null, or a classification run")
-    expected = check_expected(cfg.get("expected"), task_cls, grad_norms=trainer.log_grad_norms, averaged=bool(trainer.ema.decay or trainer.swa.start), ensemble=ensemble.size > 1)
+    expected = check_expected(cfg.get("expected"), task_cls, grad_norms=trainer.log_grad_norms, averaged=bool(trainer.ema.decay or trainer.swa.start), ensemble=ensemble.size > 1, cv=cv.k >= 2)
     if shift and kind != "image":
         raise ConfigError("data.shift", shift, f"data={data_entry.name} is {kind} data, not images; allowed: 0")
     if augment and kind != "image":

@@ -168,7 +168,7 @@ def _table(console, cv_dir: Path, result: dict, metrics: list[str]) -> None:
         cells = [f"{f[m]:.4f}" if isinstance(f.get(m), (int, float)) and math.isfinite(f[m]) else f["status"] for f in folds]
         table.add_row(m, f"{result['mean'][m]:.4f}" if m in result["mean"] else "", f"{result['std'][m]:.4f}" if m in result["std"] else "", *cells)
     console.print(table)
-    console.print(f"cv.csv, cv.json, cv.png: [bold]{cv_dir}[/]", highlight=False)
+    console.print(f"cv.csv, cv.json, cv.png, report.html: [bold]{cv_dir}[/]", highlight=False)
 
 
 def cv_summarize_command(argv: list[str]) -> int:

@@ -44,24 +44,26 @@ def flatten_expected(node: Mapping, prefix: str = "") -> dict[str, dict[str, Any
     return out
 
 
-def producible(task_cls, grad_norms: bool = False, averaged: bool = False, ensemble: bool = False) -> list[str]:
+def producible(task_cls, grad_norms: bool = False, averaged: bool = False, ensemble: bool = False, cv: bool = False) -> list[str]:
     """The summary.json metrics a task writes, as `expected:` keys (with trainer.log_grad_norms,
     also the last epoch's first-to-last layer gradient-norm ratio; with trainer.ema or
-    trainer.swa, the test metrics of the last trained, unaveraged weights)."""
+    trainer.swa, the test metrics of the last trained, unaveraged weights; with cv.k=K, the
+    folds' mean validation metrics, best.cv_val_*, which `verify` checks with the mean test.*)."""
     metrics = list(task_cls.metrics)
     extra = ["grad_norms.first_to_last"] if grad_norms else []
     extra += [f"test_unaveraged.{m}" for m in metrics] if averaged else []
     extra += [f"{s}.{m}" for s in ("test_member_mean", "test_member_best") for m in metrics] if ensemble else []
+    extra += [f"best.cv_val_{m}" for m in metrics] if cv else []
     return [*(f"test.{m}" for m in metrics), *(f"best.val_{m}" for m in metrics), *(f"final.val_{m}" for m in metrics), "final.train_loss", *extra]
 
 
-def check_expected(node: Any, task_cls, grad_norms: bool = False, averaged: bool = False, ensemble: bool = False) -> dict[str, dict[str, float]]:
+def check_expected(node: Any, task_cls, grad_norms: bool = False, averaged: bool = False, ensemble: bool = False, cv: bool = False) -> dict[str, dict[str, float]]:
     """Validate a recipe's `expected:` section against what the task produces."""
     if node is None:
         return {}
     if not isinstance(node, Mapping):
         raise UserError(f"expected={node!r} is not allowed; give metric bounds, e.g. expected: {{test.accuracy: {{min: 0.9}}}}")
-    allowed = producible(task_cls, grad_norms, averaged, ensemble)
+    allowed = producible(task_cls, grad_norms, averaged, ensemble, cv)
     out = {}
     for key, bounds in flatten_expected(node).items():
         if key not in allowed:

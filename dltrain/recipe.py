@@ -138,7 +138,8 @@ def verify(targets: Sequence[str], overrides: Sequence[str], console) -> int:
     for r in recipes:
         console.rule(f"verify {r.name}")
         try:
-            summary, where = (_run_sweep if r.sweep else _run_single)(r, list(overrides), console)
+            run = _run_sweep if r.sweep else _run_folds if _folds(r, own) else _run_single
+            summary, where = run(r, list(overrides), console)
         except UserError as e:  # e.g. data that cannot be found: this recipe fails, the others still run
             if len(recipes) == 1:
                 raise
@@ -192,6 +193,31 @@ def _run_single(r: RecipeInfo, overrides: list[str], console) -> tuple[dict, Pat
         handler.close()
     print_summary(console, summary, str(run_dir))
     return summary, run_dir
+
+
+def _folds(r: RecipeInfo, overrides: Sequence[str]) -> int:
+    """cv.k of the recipe (with the command's overrides): 0, or K folds to verify."""
+    from dltrain.composition import compose_checked
+    from dltrain.config import validate
+
+    return validate(compose_checked(rewrite_file_overrides([_recipe_override(r), *overrides]))).cv.k
+
+
+def _run_folds(r: RecipeInfo, overrides: list[str], console) -> tuple[dict, Path]:
+    """A recipe with cv.k=K: its K folds, one after another in this process, into RUN_DIR/fold-I
+    (as `dltrain cv` lays them out), then cv.csv, cv.json and cv.png in RUN_DIR. What is checked:
+    the folds' mean validation metrics (best.cv_val_*) and their mean test metrics (test.*)."""
+    from dltrain.crossval import summarize_cv
+
+    base = next((Path(o.partition("=")[2]) for o in overrides if o.startswith("hydra.run.dir=")), None)
+    own = [o for o in overrides if not o.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
+    base = base or Path("cv") / time.strftime("%Y-%m-%d") / f"{time.strftime('%H-%M-%S')}-verify-{r.name}"
+    for fold in range(_folds(r, own)):
+        _run_single(r, [*own, f"cv.fold={fold}", f"hydra.run.dir={base / f'fold-{fold}'}"], console)
+    result = summarize_cv(base, console) or {"mean": {}}
+    mean = result["mean"]
+    summary = {"best": {f"cv_{m}": v for m, v in mean.items() if m.startswith("val_")}, "test": {m.removeprefix("test_"): v for m, v in mean.items() if m.startswith("test_")}}
+    return summary, base
 
 
 def _run_sweep(r: RecipeInfo, overrides: list[str], console) -> tuple[dict, Path]:

@@ -5,6 +5,7 @@
     <sweep dir>/sweep.csv       one row per job: status, swept values, objective, metrics, seconds, run dir
     <sweep dir>/best.yaml       the winning job: its overrides, objective and test metrics
     <sweep dir>/sweep.png       the objective against each swept parameter
+    <sweep dir>/parallel.png    three swept keys or more: parallel coordinates, one line per job
     <sweep dir>/report.html     all of it on one page, each job linked to its own report.html
 
 A job that fails (a bad combination, a diverged loss, an exception) is recorded as failed with a
@@ -474,6 +475,7 @@ def summarize(sweep_dir: str | Path, objective: str | None = None, direction: st
     write_csv(result)
     write_best(result)
     plot_sweep(result)
+    plot_parallel(result)
     write_report(result)
     if console is not None:
         print_table(console, result)
@@ -598,6 +600,61 @@ def plot_sweep(result: SweepResult) -> Path | None:
 
     save_figure(fig, path)
     plt.close(fig)
+    return path
+
+
+def plot_parallel(result: SweepResult) -> Path | None:
+    """parallel.png for a sweep over three keys or more: one line per finished job across an axis
+    per swept key (log-scaled where its values span a decade) and the objective, coloured by the
+    objective, the best job in red."""
+    done = [j for j in result.jobs if j.status == "completed" and j.objective is not None]
+    path = result.path / "parallel.png"
+    if len(result.swept) < 3 or len(done) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    axes_values, labels = [], []
+    for key in result.swept:
+        raw = [j.params.get(key, "") for j in done]
+        numbers = [_number(v) for v in raw]
+        if all(x is not None for x in numbers):
+            logged = min(numbers) > 0 and max(numbers) / min(numbers) >= 10
+            xs = [math.log10(x) for x in numbers] if logged else numbers
+            lo, hi = min(xs), max(xs)
+            axes_values.append([(x - lo) / (hi - lo) if hi > lo else 0.5 for x in xs])
+            labels.append((key, _short(str(min(numbers, key=float))), _short(str(max(numbers, key=float)))))
+        else:
+            names = sorted(set(raw))
+            axes_values.append([names.index(v) / max(len(names) - 1, 1) for v in raw])
+            labels.append((key, names[0], names[-1]))
+    ys = [j.objective for j in done]
+    lo, hi = min(ys), max(ys)
+    axes_values.append([(y - lo) / (hi - lo) if hi > lo else 0.5 for y in ys])
+    labels.append((result.objective, f"{lo:.4g}", f"{hi:.4g}"))
+    fig = Figure(figsize=(max(6, 1.8 * len(labels)), 3.8), dpi=100)
+    ax = fig.add_subplot()
+    cmap = colormaps["viridis"]
+    xs = list(range(len(labels)))
+    order = sorted(range(len(done)), key=lambda i: ys[i] if result.direction == "minimize" else -ys[i], reverse=True)  # the best drawn last
+    for i in order:
+        best = done[i] is result.best
+        ax.plot(xs, [a[i] for a in axes_values], color="red" if best else cmap(axes_values[-1][i] if result.direction == "maximize" else 1 - axes_values[-1][i]), lw=2.5 if best else 1, alpha=1 if best else 0.7, zorder=3 if best else 2)
+    for x, (_, low, high) in zip(xs, labels, strict=True):
+        ax.axvline(x, color="#888", lw=0.8)
+        ax.annotate(low, (x, 0), xytext=(3, -12), textcoords="offset points", fontsize=7)
+        ax.annotate(high, (x, 1), xytext=(3, 4), textcoords="offset points", fontsize=7)
+    ax.set_xticks(xs, [n for n, _, _ in labels], fontsize=8)
+    ax.set_yticks([])
+    ax.set_ylim(-0.08, 1.08)
+    ax.set_title(f"{result.path.name}: {len(done)} jobs across {len(result.swept)} keys, coloured by {result.objective} (best in red)", fontsize=9)
+    fig.tight_layout()
+    from dltrain.engine.plots import save_figure
+
+    save_figure(fig, path)
     return path
 
 

@@ -369,3 +369,17 @@ def test_logger_choices_and_their_errors(compose, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
     with pytest.raises(UserError, match=r'logger=mlflow needs MLflow, an optional extra: pip install -e "\.\[mlflow\]"'):
         validate(compose("logger=mlflow"))
+
+
+def test_a_sweep_over_three_keys_gets_parallel_coordinates_in_its_report(tmp_path):
+    from dltrain.sweeps import JobResult, SweepResult, plot_parallel, write_report
+
+    grid = [(lr, h, act) for lr in (0.001, 0.1) for h in (16, 64) for act in ("relu", "tanh")]
+    jobs = [JobResult(str(i), "completed", [f"optim.lr={lr}", f"model.hidden={h}", f"model.activation={a}"], tmp_path / str(i), objective=0.9 + 0.01 * i) for i, (lr, h, a) in enumerate(grid)]
+    result = SweepResult(tmp_path, "val_accuracy", "maximize", sorted(jobs, key=lambda j: -j.objective), ["optim.lr", "model.hidden", "model.activation"])
+    path = plot_parallel(result)
+    assert path == tmp_path / "parallel.png" and path.read_bytes().startswith(b"\x89PNG")
+    assert plot_parallel(SweepResult(tmp_path, "val_accuracy", "maximize", jobs, ["optim.lr", "model.hidden"])) is None  # two keys: sweep.png says it all
+    write_report(result)
+    p = page(tmp_path)
+    assert "parallel.png" in [t for t in p.text if t.endswith(".png")] and "best: job 7" in p.all_text

@@ -31,7 +31,7 @@ def test_recipe_composes_pins_everything_and_states_its_result(name, compose):
 
     r = info(name)
     assert set(r.header) == {"Run", "Reproduces", "Source", "CPU time"}, r.header
-    assert re.match(rf"dltrain (-m )?recipe={name}\b", r.header["Run"]), r.header["Run"]
+    assert re.match(rf"dltrain (-m |cv )?recipe={name}\b", r.header["Run"]), r.header["Run"]
     assert "TBD" not in r.path.read_text()
     overridden = {str(k).removeprefix("override ").lstrip("/") for e in r.body["defaults"] for k in e}
     assert PINNED_GROUPS <= overridden and "seed" in r.body, name
@@ -110,3 +110,16 @@ def test_ci_recipe_reaches_its_expected_metrics(name, tmp_path, capsys, monkeypa
     print(err)
     assert code == 0, err
     assert f"PASS {name}" in err
+
+
+def test_a_cv_recipe_is_verified_by_its_folds_means_as_dltrain_cv_computes_them(tmp_path, capsys, monkeypatch, one_torch_thread):
+    """verify mlp_cv_digits trains the 5 folds; the means it checks are cv.json's."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    code, _, err = in_process(capsys, "verify", "mlp_cv_digits", "trainer.progress=none", "trainer.max_epochs=2", f"hydra.run.dir={tmp_path / 'cv'}")
+    result = json.loads((tmp_path / "cv" / "cv.json").read_text())
+    assert result["k"] == 5 and result["completed"] == 5
+    assert sorted(p.name for p in (tmp_path / "cv").glob("fold-*")) == [f"fold-{i}" for i in range(5)]
+    assert f"{result['mean']['val_accuracy']:.4f}" in err and f"{result['mean']['test_accuracy']:.4f}" in err
+    assert code in (0, 1) and ("PASS mlp_cv_digits" in err) == (code == 0)
