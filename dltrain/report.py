@@ -231,6 +231,23 @@ def curve_names(metrics: Sequence[Mapping[str, str]]) -> set[str]:
     return {"loss.png", "grad_norms.png", *(f"{c.removeprefix('val_')}.png" for c in columns if c.startswith("val_"))}
 
 
+def final_pictures(pngs: Sequence[Path]) -> tuple[list[Path], int]:
+    """The pictures a page shows, and how many it leaves out: of the grids drawn every epoch
+    (samples_e001.png, ...) only the final one (samples.png, or the last epoch's if the run
+    stopped before it was named)."""
+    import re
+
+    epoch = re.compile(r"(.+)_e(\d+)\.png$")
+    finals = {p.name for p in pngs if not epoch.match(p.name)}
+    last: dict[str, Path] = {}
+    for p in pngs:
+        m = epoch.match(p.name)
+        if m and f"{m.group(1)}.png" not in finals:
+            last[m.group(1)] = max(last.get(m.group(1), p), p, key=lambda q: int(epoch.match(q.name).group(2)))
+    shown = sorted([p for p in pngs if p.name in finals] + list(last.values()))
+    return shown, len(pngs) - len(shown)
+
+
 def _analysis(run_dir: Path) -> list[str]:
     root = run_dir / "analysis"
     parts = []
@@ -301,9 +318,10 @@ def run_report(run_dir: str | Path, status: str | None = None, reason: str | Non
     curves = curve_names(metrics)
     plots = _pngs(path / "plots")
     body.append(section("curves", "Learning curves", *([image(p) for p in plots if p.name in curves] or ["<p>No curves yet: they are drawn when the run ends.</p>"])))
-    pictures = [p for p in plots if p.name not in curves]
+    pictures, per_epoch = final_pictures([p for p in plots if p.name not in curves])
     if pictures:
-        body.append(section("pictures", "Pictures", *(image(p) for p in pictures)))
+        note = f"<p>{per_epoch} earlier epochs' grids are in <code>plots/</code> (<code>NAME_eNNN.png</code>).</p>" if per_epoch else ""
+        body.append(section("pictures", "Pictures", *(image(p) for p in pictures), note))
     analysis = _analysis(path)
     if analysis:
         body.append(section("analysis", "Analysis", *analysis))

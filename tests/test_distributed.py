@@ -87,7 +87,7 @@ def test_two_ranks_with_global_batch_b_match_one_process_with_batch_b(tmp_path):
         assert float(r1["train_loss"]) == pytest.approx(float(r2["train_loss"]), abs=1e-5)
         assert float(r1["val_accuracy"]) == pytest.approx(float(r2["val_accuracy"]), abs=1e-6)
     # one run directory, written by rank 0 only; Hydra's files once
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [".hydra", ".lock", "checkpoints", "config.yaml", "metrics.csv", "plots", "summary.json", "train.log"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [".hydra", ".lock", "checkpoints", "config.yaml", "metrics.csv", "plots", "report.html", "summary.json", "train.log"]
     assert "x 2 ranks" in two.stderr and "launching 2 ranks" in (tmp_path / "two" / "train.log").read_text()
 
 

@@ -40,7 +40,7 @@ def test_generative_models_train_and_draw(train_run, model, arch):
         assert sum(summary["samples"]["class_histogram"]) == 500
     else:
         assert np.isfinite(history[-1]["train_loss"])
-        assert (run / "plots" / "recon_e002.png").is_file() and (run / "plots" / "interpolation.png").is_file()
+        assert (run / "plots" / "reconstructions_e002.png").is_file() and (run / "plots" / "interpolation.png").is_file()
     if model == "vae":
         t = summary["test"]
         assert t["elbo"] == pytest.approx(-(t["recon"] + t["kl"])) and t["kl"] > 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -236,11 +237,21 @@ def test_the_report_renders_in_a_headless_browser_with_every_image_loaded(runs, 
     assert shot.is_file() and shot.stat().st_size > 10_000
 
 
-def test_a_generative_runs_report_shows_its_samples(train_run):
-    _, run = train_run("model=vae", "trainer.max_epochs=1", "trainer.limit_train_batches=3")
+def test_a_generative_runs_report_shows_its_final_samples_not_every_epochs(train_run):
+    _, run = train_run("model=vae", "trainer.max_epochs=2", "trainer.limit_train_batches=3")
     p = page(run)
-    drawn = sorted(q.name for q in (run / "plots").glob("*.png"))
-    assert "pictures" in p.sections and len(p.images) == len(drawn) and any("sample" in n for n in drawn), drawn
+    drawn = {q.name for q in (run / "plots").glob("*.png")}
+    per_epoch = {n for n in drawn if re.search(r"_e\d{3}\.png$", n)}
+    assert {"samples_e001.png", "samples_e002.png", "samples.png", "recon.png", "reconstructions.png"} <= drawn  # recon.png: the val_recon curve
+    assert "pictures" in p.sections and len(p.images) == len(drawn) - len(per_epoch)
+    assert f"{len(per_epoch)} earlier epochs' grids are in" in p.all_text
+
+
+def test_a_stopped_runs_page_shows_the_last_epochs_grid():
+    from dltrain.report import final_pictures
+
+    pngs = [Path(n) for n in ("interpolation.png", "interpolation_e001.png", "interpolation_e002.png", "samples_e001.png", "samples_e002.png", "samples_e010.png")]
+    assert final_pictures(pngs) == ([Path("interpolation.png"), Path("samples_e010.png")], 4)
 
 
 # ---- the console and the plots -------------------------------------------------------------------

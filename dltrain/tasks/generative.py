@@ -113,8 +113,8 @@ class GenerativeTask(Task):
 
         model.eval()
         device = next(model.parameters()).device
-        kind = "samples" if self.samples_quality else "recon"
-        for name in ("samples", "recon", "interpolation"):
+        kind = "samples" if self.samples_quality else "reconstructions"
+        for name in ("samples", "reconstructions", "interpolation"):  # not recon.png: the val_recon curve's name
             grids = sorted(plots.glob(f"{name}_e*.png"))
             if grids:
                 shutil.copyfile(grids[-1], plots / f"{name}.png")
@@ -143,7 +143,7 @@ class ReconstructionTask(GenerativeTask):
         x, y = self.data.val.x[:32].to(device), self.data.val.y[:32].to(device)
         recon = torch.sigmoid(model(x, self.labels(model, y)))
         pairs = torch.stack([self.unit(x), recon], 1).flatten(0, 1)  # input, reconstruction, ...
-        save_grid(pairs, plots / f"recon_e{epoch:03d}.png", nrow=16, label=f"inputs and reconstructions, epoch {epoch}")
+        save_grid(pairs, plots / f"reconstructions_e{epoch:03d}.png", nrow=16, label=f"inputs and reconstructions, epoch {epoch}")
         # walk the latent line between the codes of two validation images, in 10 steps
         codes = model.encode(x[:8], self.labels(model, y[:8]))[:, : model.latent_dim]
         t = torch.linspace(0, 1, 10, device=device)[None, :, None]
