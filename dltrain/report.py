@@ -156,6 +156,35 @@ def command(overrides: Sequence[str] | None) -> str | None:
 # ---- HTML pieces ----------------------------------------------------------------------------------
 
 
+PRESETS = ("recipe", "trainer", "hparams_search")  # groups whose choice sets keys of other groups
+CHOICE_GROUPS = ("model", "data", "loss", "optim", "sched", "optim_d", "sched_d", "init")
+_DEFAULTS: dict[tuple[str, ...], dict] = {}  # composed defaults per set of choices (a sweep's jobs share them)
+
+
+def differing_keys(config: Mapping, overrides: Sequence[str]) -> list[tuple[str, Any, Any]] | None:
+    """For a run whose command chose a preset (a recipe, trainer=debug, ...): its keys whose value
+    differs from the defaults of the same group choices, as (key, value, default), composing those
+    defaults with Hydra. None for any other run: its command's overrides are those keys, and
+    composing would cost the end of every run a tenth of a second."""
+    if not any(ov.split("=", 1)[0].lstrip("+~") in PRESETS for ov in overrides if "=" in ov):
+        return None
+    choices = [f"{g}={config[g]['name']}" for g in CHOICE_GROUPS if isinstance(config.get(g), Mapping) and config[g].get("name")]
+    choices += [f"{g}=[{','.join(map(str, config[g]))}]" for g in ("reg", "logger") if isinstance(config.get(g), Mapping) and config[g]]
+    key = tuple(choices)
+    if key not in _DEFAULTS:
+        try:
+            from omegaconf import OmegaConf
+
+            from dltrain.composition import compose
+
+            _DEFAULTS[key] = flatten(OmegaConf.to_container(compose(choices), resolve=True))
+        except Exception:  # noqa: BLE001  (a run of another version or config folder: the page shows the overrides instead)
+            return None
+    defaults = _DEFAULTS[key]
+    missing = object()
+    return [(k, v, defaults.get(k, "(absent)")) for k, v in flatten(config).items() if defaults.get(k, missing) != v and not k.startswith("hydra.")]
+
+
 def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
@@ -248,6 +277,15 @@ def final_pictures(pngs: Sequence[Path]) -> tuple[list[Path], int]:
     return shown, len(pngs) - len(shown)
 
 
+def csv_table(path: Path, open_: bool = False) -> str:
+    """A CSV file as a folded table (its first 50 rows); "" if it is empty or too large to read."""
+    if path.stat().st_size >= 200_000:
+        return ""
+    with path.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    return details(f"{path.name} ({len(rows) - 1} rows)", table(rows[0], rows[1:51]), open_) if rows else ""
+
+
 def _analysis(run_dir: Path) -> list[str]:
     root = run_dir / "analysis"
     parts = []
@@ -257,11 +295,8 @@ def _analysis(run_dir: Path) -> list[str]:
             if f.suffix == ".json" and (value := read_json(f)) is not None:
                 flat = flatten(value)
                 items.append(details(f.name, table(["key", "value"], list(flat.items())[:200]), open_=len(flat) <= 12))
-            elif f.suffix == ".csv" and f.stat().st_size < 200_000:
-                with f.open(newline="") as fh:
-                    rows = list(csv.reader(fh))
-                if rows:
-                    items.append(details(f"{f.name} ({len(rows) - 1} rows)", table(rows[0], rows[1:51])))
+            elif f.suffix == ".csv" and (shown := csv_table(f)):
+                items.append(shown)
         items += [image(p) for p in _pngs(verb)]
         others = sorted(f.name for f in verb.iterdir() if f.is_file() and f.suffix not in (".json", ".csv", ".png"))
         if others:
@@ -307,7 +342,10 @@ def run_report(run_dir: str | Path, status: str | None = None, reason: str | Non
     flat = flatten(config)
     keys = [o for o in overrides or [] if "=" in o and not o.lstrip("+~").startswith("hydra.")]
     config_parts = []
-    if keys:
+    differing = differing_keys(config, overrides or [])
+    if differing:
+        config_parts.append(table(["key", "this run", "default"], [(k, fmt(v), fmt(d)) for k, v, d in differing]))
+    elif differing is None and keys:
         config_parts.append(table(["override", "value in this run"], [(o.split("=", 1)[0], fmt(flat.get(o.split("=", 1)[0].lstrip("+~"), o.split("=", 1)[1]))) for o in keys]))
     choices = [(g, (config.get(g) or {}).get("name")) for g in ("model", "data", "loss", "optim", "sched", "init") if isinstance(config.get(g), Mapping)]
     choices += [(g, "[" + ",".join(map(str, config[g])) + "]") for g in ("reg", "logger") if isinstance(config.get(g), Mapping) and config[g]]
@@ -319,9 +357,10 @@ def run_report(run_dir: str | Path, status: str | None = None, reason: str | Non
     plots = _pngs(path / "plots")
     body.append(section("curves", "Learning curves", *([image(p) for p in plots if p.name in curves] or ["<p>No curves yet: they are drawn when the run ends.</p>"])))
     pictures, per_epoch = final_pictures([p for p in plots if p.name not in curves])
+    tables = [t for f in sorted((path / "plots").glob("*.csv")) if f.is_file() and (t := csv_table(f, open_=True))] if pictures else []  # a classifier's mistakes.csv
     if pictures:
         note = f"<p>{per_epoch} earlier epochs' grids are in <code>plots/</code> (<code>NAME_eNNN.png</code>).</p>" if per_epoch else ""
-        body.append(section("pictures", "Pictures", *(image(p) for p in pictures), note))
+        body.append(section("pictures", "Pictures", *(image(p) for p in pictures), *tables, note))
     analysis = _analysis(path)
     if analysis:
         body.append(section("analysis", "Analysis", *analysis))

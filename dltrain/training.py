@@ -34,7 +34,7 @@ from dltrain.engine.diagnostics import GradNorms
 from dltrain.engine.loader import MemberLoader, TensorLoader
 from dltrain.engine.loggers import LOGGERS
 from dltrain.engine.loop import Phase, evaluate, fit
-from dltrain.engine.plots import draw_history
+from dltrain.engine.plots import draw_history, draw_pictures
 from dltrain.engine.progress import progress_display
 from dltrain.engine.rundir import RunDir, check_run_dir, weights_sha256
 from dltrain.engine.writer import make_writer
@@ -437,14 +437,22 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
     model.load_state_dict(best_state if trainer.test_ckpt == "best" else last_state)
     test_hooks.at("test")
     t0 = time.perf_counter()
-    test = evaluate(net, task, test_loader, device, trainer.precision, split="test")
-    test_seconds = time.perf_counter() - t0
+    task.keep_predictions(True)  # a classifier's confusion matrix and mistakes, from this same pass
+    try:
+        test = evaluate(net, task, test_loader, device, trainer.precision, split="test")
+        test_seconds = time.perf_counter() - t0
+        pictures = task.test_pictures(data.test)
+    finally:
+        task.keep_predictions(False)
+    drawing = draw_pictures(pictures, run.plots) if pictures else None  # in the plot process, after the curves
     members = _member_tests(model, task, test_loader, device, trainer.precision) if spec.ensemble.size > 1 else {}
     stopped_here("the final test")
     test_hooks.at("plots")
     with writing(run.plots):
         extras = task.end_fit(model, run.plots)
         curves.wait()
+        if drawing:
+            drawing.wait()
     stopped_here("the plots")
     if extras.get("preview"):
         console.print(extras.pop("preview"), highlight=False)

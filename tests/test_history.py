@@ -12,6 +12,7 @@ import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import dltrain
@@ -88,17 +89,68 @@ def test_a_finished_runs_report_holds_its_command_config_metrics_and_curves(runs
     run = runs["cnn"]
     p = page(run)
     summary = json.loads((run / "summary.json").read_text())
-    assert p.sections == ["command", "metrics", "config", "curves", "epochs"]  # pictures: a task's (samples, forecasts)
+    assert p.sections == ["command", "metrics", "config", "curves", "pictures", "epochs"]  # pictures: the confusion matrix and mistakes
     assert p.status == "finished" and "cnn on digits" in p.headings[0]
     assert "dltrain model=cnn model.channels=4 trainer.max_epochs=2 trainer.progress=none" in p.all_text
     assert f"{summary['test']['accuracy']:.4g}" in p.cells and "test accuracy" in p.cells
     assert "model.channels" in p.cells and "model=cnn" in p.all_text  # the overrides, the choices
     assert "kernel_size: 3" in p.all_text  # the full config, folded
-    assert len(p.images) == 2  # loss.png, accuracy.png
+    assert len(p.images) == 4  # loss.png, accuracy.png, confusion_matrix.png, mistakes.png
     assert all(png_bytes(src).startswith(b"\x89PNG\r\n\x1a\n") for src in p.images)
     assert p.tags.get("script", 0) == 0 and not [h for h in p.links if "://" in h]  # offline: nothing fetched
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert f"{float(rows[-1]['val_loss']):.4g}" in p.cells  # the epochs table
+
+
+def test_a_classifiers_run_draws_its_test_confusion_matrix_and_most_confident_mistakes_as_sklearn_counts_them(runs):
+    """From the final test's own pass: the counts are scikit-learn's confusion_matrix of the best
+    checkpoint's predictions, the mistakes its most confident wrong ones, images drawn for them."""
+    import torch
+    from sklearn.metrics import confusion_matrix
+
+    from dltrain.api import load_run
+    from dltrain.tasks.supervised import ClassificationTask
+
+    run = runs["cnn"]
+    loaded = load_run(run).loaded()
+    data = loaded.built.data
+    with torch.no_grad():
+        probs = loaded.built.model(data.test.x).softmax(-1).numpy()
+    y, pred = data.test.y.numpy(), probs.argmax(-1)
+    cm = confusion_matrix(y, pred, labels=list(range(10)))
+    p = page(run)
+    assert {"confusion_matrix.png", "mistakes.png", "mistakes.csv"} <= {q.name for q in (run / "plots").iterdir()}
+    assert "mistakes.csv" in " ".join(p.all_text.split())
+    rows = list(csv.DictReader((run / "plots" / "mistakes.csv").open()))
+    wrong = np.flatnonzero(pred != y)
+    expected = wrong[np.argsort(-probs.max(-1)[wrong], kind="stable")][:16]
+    assert [int(r["index"]) for r in rows] == expected.tolist() and len(wrong) == cm.sum() - np.trace(cm)
+    assert all(r["true"] == str(y[int(r["index"])]) and r["pred"] == str(pred[int(r["index"])]) for r in rows)
+    task = ClassificationTask.__new__(ClassificationTask)  # the same pictures from these predictions
+    task.num_classes, task.data, task.kept = 10, data, [(torch.from_numpy(probs.max(-1)), torch.from_numpy(pred))]
+    pictures = task.test_pictures(data.test)
+    assert pictures["confusion"] == cm.tolist() and pictures["wrong"] == len(wrong)
+    assert len(pictures["images"]) == len(rows) and np.asarray(pictures["images"]).shape[1:] == (8, 8, 1)
+
+
+def test_a_regression_run_draws_no_confusion_matrix(train_run):
+    _, run = train_run("data=diabetes", *SHORT)
+    assert not (run / "plots" / "confusion_matrix.png").exists() and "pictures" not in page(run).sections
+
+
+def test_a_recipe_runs_page_lists_the_keys_that_differ_from_its_choices_defaults(tmp_path):
+    """A recipe sets keys the command never named: the page composes the same choices' defaults
+    and shows each key that differs, with both values."""
+    from dltrain.report import differing_keys, read_config
+
+    run = dltrain.train("recipe=cnn_digits", "trainer.max_epochs=1", "trainer.progress=none", run_dir=tmp_path / "r").dir
+    rows = differing_keys(read_config(run), ["recipe=cnn_digits", "trainer.max_epochs=1"])
+    found = {k: (v, d) for k, v, d in rows}
+    assert found["model.channels"] == (16, 32) and found["trainer.max_epochs"] == (1, 30)
+    assert "model.kernel_size" not in found and "seed" not in found  # the recipe's value is the default
+    p = page(run)
+    assert {"key", "this run", "default"} <= set(p.cells) and "model.channels" in p.cells
+    assert differing_keys(read_config(run), ["model=cnn", "model.channels=16"]) is None  # no preset: the overrides are the differing keys
 
 
 def test_the_report_shows_an_analysis_verbs_outputs_after_it_runs(runs, tmp_path, capsys):
@@ -309,7 +361,7 @@ def test_sample_grids_carry_their_epoch(tmp_path):
     labelled = save_grid(torch.rand(8, 1, 8, 8), tmp_path / "labelled.png", label="samples, epoch 3")
     with Image.open(plain) as a, Image.open(labelled) as b:
         assert b.height == a.height + 16 and b.width == a.width
-        band = list(b.crop((0, 0, b.width, 16)).getdata())
+        band = np.asarray(b.crop((0, 0, b.width, 16))).ravel().tolist()
         assert min(band) < 128 < max(band)  # dark text on a white band
 
 

@@ -120,6 +120,19 @@ def test_the_plot_process_draws_what_this_process_would(tmp_path, plot_process):
     assert plots.draw_history(HISTORY[:1], there).wait()  # it serves more than one request
 
 
+def test_the_plot_process_draws_a_classifiers_pictures_after_the_curves_in_order(tmp_path, plot_process):
+    pictures = {"classes": ["a", "b"], "confusion": [[5, 1], [0, 4]], "wrong": 1, "mistakes": [{"index": 3, "true": "a", "pred": "b", "confidence": 0.9}], "images": [[[[0], [255]], [[255], [0]]]]}
+    there, here = tmp_path / "there", tmp_path / "here"
+    there.mkdir(), here.mkdir()
+    curves, drawn = plots.draw_history(HISTORY, there), plots.draw_pictures(pictures, there)
+    assert drawn.process is plot_process
+    assert [p.name for p in drawn.wait()] == ["confusion_matrix.png", "mistakes.csv", "mistakes.png"]  # waited for first: its reply is still the second
+    assert [p.name for p in curves.wait()] == ["loss.png", "accuracy.png"]
+    plots.plot_pictures(pictures, here)
+    for name in ("confusion_matrix.png", "mistakes.csv", "mistakes.png"):
+        assert (there / name).read_bytes() == (here / name).read_bytes()
+
+
 def test_the_plot_process_reports_a_failed_write_and_survives_ctrl_c(tmp_path, plot_process):
     from dltrain.errors import UserError
     from dltrain.files import writing

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import signal
 import sys
-from pathlib import Path
 
 
 def serve(requests=sys.stdin, replies=sys.stdout) -> None:
@@ -19,12 +18,12 @@ def serve(requests=sys.stdin, replies=sys.stdout) -> None:
     matplotlib.use("Agg")
     import matplotlib.figure  # noqa: F401  (the import is the slow part: done before the first request)
 
-    from dltrain.engine.plots import plot_history
+    from dltrain.engine.plots import plot_request
 
     for line in requests:
         try:
             request = json.loads(line)
-            written = plot_history(request["history"], Path(request["folder"]))
+            written = plot_request(request)
             reply = {"written": [str(p) for p in written]}
         except OSError as e:
             reply = {"oserror": {"errno": e.errno, "strerror": e.strerror or str(e), "filename": e.filename}}

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 # How long the run waits for its curves before drawing them itself (the plot process is stuck).
 WAIT_S = 60.0
@@ -99,32 +100,120 @@ def plot_grad_norms(history: Sequence[dict], path: Path) -> Path:
     return path
 
 
-class Drawing:
-    """Curves being drawn by the plot process, or (without one) to be drawn here when waited for;
-    `wait()` returns their paths or raises what writing them raised (an OSError: a full disk, a
-    read-only folder)."""
+def plot_pictures(pictures: Mapping[str, Any], folder: Path) -> list[Path]:
+    """A classifier's final test (ClassificationTask.test_pictures): confusion_matrix.png, the most
+    confident mistakes as mistakes.csv and, for images, mistakes.png. About 0.1 s for 10 classes."""
+    import csv
+    import io
 
-    def __init__(self, history: Sequence[dict], folder: Path, process: PlotProcess | None = None) -> None:
-        self.history, self.folder, self.process = history, folder, process
+    from dltrain.files import atomic_write
+
+    written = [confusion_png(pictures["classes"], pictures["confusion"], pictures["wrong"], folder / "confusion_matrix.png")]
+    buf = io.StringIO()
+    out = csv.DictWriter(buf, ["index", "true", "pred", "confidence"], lineterminator="\n")
+    out.writeheader()
+    out.writerows(pictures["mistakes"])
+    atomic_write(folder / "mistakes.csv", buf.getvalue().encode())
+    written.append(folder / "mistakes.csv")
+    if pictures.get("images"):
+        written.append(mistakes_png(pictures["images"], pictures["mistakes"], pictures["wrong"], folder / "mistakes.png"))
+    return written
+
+
+def confusion_png(names: Sequence[str], matrix: Sequence[Sequence[int]], wrong: int, path: Path) -> Path:
+    """Counts of (true, predicted) classes, shaded, the counts written in for up to 30 classes."""
+    from matplotlib.figure import Figure
+
+    k, total = len(names), sum(map(sum, matrix))
+    side = min(2.2 + 0.34 * k, 14.0)
+    fig = Figure(figsize=(side + 0.4, side), dpi=110)
+    ax = fig.add_axes((1.0 / (side + 0.4), 0.9 / side, 1 - 1.4 / (side + 0.4), 1 - 1.6 / side))  # fixed margins: tight_layout costs as much as the drawing
+    ax.imshow(matrix, cmap="Blues", interpolation="nearest")
+    top = max(max(map(max, matrix)), 1)
+    if k <= 30:
+        for i, row in enumerate(matrix):
+            for j, count in enumerate(row):
+                if count:
+                    ax.text(j, i, str(count), ha="center", va="center", fontsize=8 if k <= 12 else 6, color="white" if count > top / 2 else "black")
+    ticks = list(range(0, k, max(1, k // 30)))
+    long = k > 10 or max(map(len, names)) > 3
+    ax.set_xticks(ticks, [names[i][:12] for i in ticks], rotation=45 if long else 0, ha="right" if long else "center", fontsize=7)
+    ax.set_yticks(ticks, [names[i][:12] for i in ticks], fontsize=7)
+    ax.set_xlabel("predicted", fontsize=8)
+    ax.set_ylabel("true", fontsize=8)
+    ax.set_title(f"test confusion matrix: accuracy {(total - wrong) / max(total, 1):.4f}\n{wrong} of {total} wrong", fontsize=9)
+    _save_png(fig, path)
+    return path
+
+
+def mistakes_png(images: Sequence, rows: Sequence[Mapping[str, Any]], wrong: int, path: Path) -> Path:
+    """The most confident mistakes, 8 a row, each captioned "#index true T / pred P (confidence)"
+    (Pillow: a tenth of the time of a figure of subplots)."""
+    import io
+
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    from dltrain.files import atomic_write
+
+    tiles = np.asarray(images, dtype=np.uint8)  # (N, H, W, C)
+    n, h, w, c = tiles.shape
+    scale = max(1, 56 // max(h, w))
+    cell_w, caption, head = max(w * scale, 84) + 8, 28, 22
+    cols = min(8, n)
+    canvas = Image.new("RGB", (cols * cell_w, head + -(-n // cols) * (h * scale + caption + 8)), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(10)
+    draw.text((4, 4), f"most confident test mistakes ({wrong} in all)", fill="black", font=ImageFont.load_default(12))
+    for i, (tile, row) in enumerate(zip(tiles, rows, strict=False)):
+        r, col = divmod(i, cols)
+        x0, y0 = col * cell_w + 4, head + r * (h * scale + caption + 8)
+        img = Image.fromarray(tile[..., 0] if c == 1 else tile[..., :3]).convert("RGB").resize((w * scale, h * scale), Image.NEAREST)
+        canvas.paste(img, (x0 + (cell_w - 8 - w * scale) // 2, y0))
+        draw.text((x0, y0 + h * scale + 2), f"#{row['index']} true {str(row['true'])[:10]}", fill="black", font=font)
+        draw.text((x0, y0 + h * scale + 14), f"pred {str(row['pred'])[:10]} ({float(row['confidence']):.2f})", fill=(170, 0, 0), font=font)
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    atomic_write(path, buf.getvalue())
+    return path
+
+
+def plot_request(request: Mapping[str, Any]) -> list[Path]:
+    """What the plot process is asked to draw: a run's curves or its final test's pictures."""
+    folder = Path(request["folder"])
+    return plot_pictures(request["pictures"], folder) if "pictures" in request else plot_history(request["history"], folder)
+
+
+class Drawing:
+    """Curves or pictures being drawn by the plot process, or (without one) to be drawn here when
+    waited for; `wait()` returns their paths or raises what writing them raised (an OSError: a
+    full disk, a read-only folder)."""
+
+    def __init__(self, request: dict, process: PlotProcess | None = None) -> None:
+        self.request, self.process = request, process
         self.written: list[Path] | None = None
+        self.reply: dict | None = None  # the plot process's, once read (perhaps by a later Drawing's wait)
+        if process is not None:
+            process.pending.append(self)
 
     def wait(self) -> list[Path]:
         if self.written is None:
-            reply = self.process.receive() if self.process else None
+            reply = self.process.reply_to(self) if self.process else None
             if reply is not None and "oserror" in reply:
                 e = reply["oserror"]
                 raise OSError(e["errno"], e["strerror"], e["filename"])
             if reply is not None and "written" in reply:
                 self.written = [Path(p) for p in reply["written"]]
             else:  # no plot process, or it died, is stuck or failed: here it works, or fails with its own traceback (a bug)
-                self.written = plot_history(self.history, self.folder)
+                self.written = plot_request(self.request)
         return self.written
 
 
 class PlotProcess:
     """`python -m dltrain.engine.plot_process` (started without the working directory on its path):
-    one JSON line per request on its stdin ({"history": [...], "folder": "..."}), one JSON reply
-    line on its stdout ({"written": [...]}, {"oserror": {...}} or {"failed": "..."})."""
+    one JSON line per request on its stdin ({"history": [...], "folder": "..."} or {"pictures":
+    {...}, "folder": "..."}), one JSON reply line on its stdout, in order ({"written": [...]},
+    {"oserror": {...}} or {"failed": "..."})."""
 
     def __init__(self) -> None:
         from dltrain.child import python_command
@@ -132,10 +221,22 @@ class PlotProcess:
 
         self.proc = subprocess.Popen(python_command("dltrain.engine.plot_process"), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         cpus.HELPERS.add(self.proc.pid)  # its CPU time is this run's own, not another process's load
+        self.pending: list[Drawing] = []  # sent, their replies not yet read: they come in this order
 
-    def send(self, history: Sequence[dict], folder: Path) -> bool:
+    def reply_to(self, drawing: Drawing) -> dict | None:
+        """`drawing`'s reply, reading (and handing to their drawings) the replies before it."""
+        while drawing in self.pending:
+            first = self.pending.pop(0)
+            first.reply = self.receive()
+            if first.reply is None:  # none came: neither will the later ones
+                for later in self.pending:
+                    later.reply = None
+                self.pending.clear()
+        return drawing.reply
+
+    def send(self, request: dict) -> bool:
         try:
-            self.proc.stdin.write(json.dumps({"history": list(history), "folder": str(folder)}) + "\n")
+            self.proc.stdin.write(json.dumps(request) + "\n")
             self.proc.stdin.flush()
             return True
         except (OSError, ValueError, TypeError):  # it has exited, or the history is not JSON
@@ -193,6 +294,16 @@ def stop_plot_process() -> None:
 
 def draw_history(history: Sequence[dict], folder: Path) -> Drawing:
     """Start drawing the run's curves (in the plot process, if one is running); `.wait()` for them."""
-    if _process is not None and _process.proc.poll() is None and _process.send(history, folder):
-        return Drawing(history, folder, _process)
-    return Drawing(history, folder)
+    return _draw({"history": list(history), "folder": str(folder)})
+
+
+def draw_pictures(pictures: Mapping[str, Any], folder: Path) -> Drawing:
+    """Start drawing a final test's pictures (plot_pictures); `.wait()` for them, after any
+    Drawing started before (the plot process replies in order)."""
+    return _draw({"pictures": dict(pictures), "folder": str(folder)})
+
+
+def _draw(request: dict) -> Drawing:
+    if _process is not None and _process.proc.poll() is None and _process.send(request):
+        return Drawing(request, _process)
+    return Drawing(request)

@@ -79,6 +79,14 @@ class Task:
         """After validation: write per-epoch artefacts; return warnings to show the user."""
         return []
 
+    def keep_predictions(self, keep: bool) -> None:
+        """From now on (until called with False) keep what test_pictures needs of each evaluated batch."""
+
+    def test_pictures(self, split) -> dict[str, Any] | None:
+        """After the final test (kept by keep_predictions): what plots/ shows of it, as plain
+        JSON-able values drawn by engine.plots.plot_pictures; None: nothing to draw."""
+        return None
+
     def end_fit(self, model: nn.Module, plots: Path) -> dict[str, Any]:
         """After training: write final artefacts; return extra summary.json entries
         ("preview": text shown to the user, not saved)."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dltrain.data.base import DataBundle
+from dltrain.data.base import DataBundle, Split
 from dltrain.registry import Entry
 from dltrain.tasks.base import TASKS, Task
 
@@ -32,11 +34,14 @@ class ClassificationTask(SupervisedTask):
     metrics = ("loss", "accuracy")
     higher_is_better = frozenset({"accuracy"})
 
+    mistakes = 16  # how many of the final test's most confident mistakes plots/mistakes.png shows
+
     def __init__(self, data: DataBundle, loss_entry: Entry, loss_fn: nn.Module) -> None:
         super().__init__(data, loss_entry, loss_fn)
         self.num_classes = data.num_classes
         self.dense = loss_entry.meta["target"] == "dense"
         self.probs = loss_entry.meta.get("input") == "probs"
+        self.kept: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # (confidence, prediction) per batch
 
     @staticmethod
     def out_features(data: DataBundle) -> int:
@@ -57,6 +62,36 @@ class ClassificationTask(SupervisedTask):
         state[0] += self.loss(output, y).double() * n
         state[1] += (output.argmax(-1) == y).sum()
         state[2] += n
+        if self.kept is not None:  # on the device, no sync: read once the test is done
+            self.kept.append(output.detach().float().softmax(-1).max(-1))
+
+    def keep_predictions(self, keep: bool) -> None:
+        self.kept = [] if keep else None
+
+    def test_pictures(self, split: Split) -> dict[str, Any] | None:
+        """The final test's confusion matrix and its most confident mistakes (with their images
+        for image data), from the predictions kept in order while testing."""
+        if not self.kept:
+            return None
+        confidence, pred = (torch.cat(t).cpu() for t in zip(*self.kept, strict=True))
+        y = split.y[: len(pred)].cpu()  # the test loader runs in order (perhaps limited to its first batches)
+        k = self.num_classes
+        matrix = torch.bincount(y * k + pred, minlength=k * k).reshape(k, k)
+        wrong = (pred != y).nonzero().flatten()
+        worst = wrong[confidence[wrong].argsort(descending=True, stable=True)][: self.mistakes]
+        names = self.data.class_names or [str(i) for i in range(k)]
+        pictures: dict[str, Any] = {
+            "classes": names,
+            "confusion": matrix.tolist(),
+            "mistakes": [{"index": int(i), "true": names[y[i]], "pred": names[pred[i]], "confidence": round(float(confidence[i]), 4)} for i in worst],
+            "wrong": len(wrong),
+        }
+        if self.data.kind == "image" and len(worst):
+            x = split.x[worst.to(split.x.device)].float().cpu()
+            lo = x.amin(dim=(1, 2, 3), keepdim=True)
+            hi = x.amax(dim=(1, 2, 3), keepdim=True)
+            pictures["images"] = ((x - lo) / (hi - lo).clamp_min(1e-12) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).tolist()  # (N, H, W, C)
+        return pictures
 
     def compute(self, state: torch.Tensor) -> dict[str, float]:
         loss_sum, correct, count = state.tolist()
