@@ -274,16 +274,23 @@ CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "goog
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (Debian: apt install chromium)")
-def test_the_report_renders_in_a_headless_browser_with_every_image_loaded(runs, tmp_path):
-    """Chromium loads the page offline, runs a check of every image, and prints the DOM."""
-    probe = tmp_path / "probe.html"
-    text = (runs["cnn"] / "report.html").read_text()
+def test_the_report_renders_in_a_headless_browser_with_every_image_loaded(runs, tmp_path, capsys):
+    """Chromium loads a run's page and a compare page offline, with no console message, every
+    image decoded (a check added to a copy of the page reports into its title); and a screenshot."""
+    assert in_process(capsys, "compare", str(runs["mlp"]), str(runs["sgd"]), f"out={tmp_path / 'c'}")[0] == 0
     check = "<script>window.onload=()=>{const bad=[...document.images].filter(i=>!i.complete||i.naturalWidth===0).length;document.title='images:'+document.images.length+' broken:'+bad;}</script>"
-    probe.write_text(text.replace("</body>", check + "</body>"))
-    result = subprocess.run([CHROMIUM, "--headless", "--disable-gpu", "--no-sandbox", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    n = len(Page(text).images)
-    assert f"<title>images:{n} broken:0</title>" in result.stdout
+    for n, source in enumerate([runs["cnn"] / "report.html", tmp_path / "c" / "compare.html"]):
+        text = source.read_text()
+        probe = source.with_name(f"probe{n}.html")
+        probe.write_text(text.replace("</body>", check + "</body>"))
+        try:
+            result = subprocess.run([CHROMIUM, "--headless", "--disable-gpu", "--no-sandbox", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+        finally:
+            probe.unlink()
+        assert result.returncode == 0, result.stderr
+        images = len(Page(text).images)
+        assert images >= 2 and f"<title>images:{images} broken:0</title>" in result.stdout, source
+        assert not [line for line in result.stderr.splitlines() if ":CONSOLE" in line], result.stderr  # no script error, no failed load
     shot = tmp_path / "report.png"
     subprocess.run([CHROMIUM, "--headless", "--disable-gpu", "--no-sandbox", f"--screenshot={shot}", "--window-size=1200,2400", (runs["cnn"] / "report.html").as_uri()], capture_output=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 10_000
