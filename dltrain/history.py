@@ -217,7 +217,7 @@ def plot_curves(runs: Sequence[RunInfo], metric: str, path: Path) -> Path:
     ax = fig.add_subplot()
     values = []
     for i, r in enumerate(runs, 1):
-        points = [(int(row["epoch"]), float(row[metric])) for row in r.metrics if row.get(metric) not in (None, "")]
+        points = [(float(row["epoch"]), float(row[metric])) for row in r.metrics if row.get(metric) not in (None, "")]
         if points:
             ax.plot(*zip(*points, strict=True), marker="o" if len(points) < 30 else None, ms=3, label=f"#{i} {r.model}")
             values += [v for _, v in points]

@@ -320,7 +320,8 @@ def run_report(run_dir: str | Path, status: str | None = None, reason: str | Non
     if reason:
         job["reason"] = reason
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(started_at(path)))
-    facts = [f"started {when}", f"{len(metrics)} epoch{'s' if len(metrics) != 1 else ''}"]
+    epochs = summary.get("epochs", sum(1 for r in metrics if _numeric(r.get("epoch")) and float(r["epoch"]).is_integer()))  # not the validations inside epochs
+    facts = [f"started {when}", f"{epochs} epoch{'s' if epochs != 1 else ''}"]
     if summary:
         facts += [f"{summary.get('train_seconds', 0):.1f} s of training", f"on {summary.get('device', '?')}", f"{summary.get('parameters', 0):,} parameters"]
     body = [f'<h1>{esc(model)} on {esc(data)} <span class="status {status}">{status}</span></h1>', f'<p class="meta">{esc(" · ".join(facts))}<br><code>{esc(path.resolve())}</code></p>']

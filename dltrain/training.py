@@ -387,7 +387,7 @@ def _train(spec: RunSpec, plain: dict, config_text: str, run: RunDir, ranks, res
 
     progress = progress_display(console, trainer.progress if main else "none", trainer.max_epochs, len(train_loader), batch_size, task.mode)
     grad_norms = GradNorms(model, [ph.optimizer for ph in phases], warn) if main and trainer.log_grad_norms else None
-    callbacks = [*([grad_norms] if grad_norms else []), TaskEpochEnd(task, net, run.plots, warn), MetricsLog(run.append_metrics, loggers)] if main else []
+    callbacks = [*([grad_norms] if grad_norms else []), TaskEpochEnd(task, net, run.plots, warn), MetricsLog(run.append_metrics, loggers, by_step=bool(trainer.val_every_n_steps))] if main else []
     callbacks += [c for c in (progress, EpochReport(on_epoch) if on_epoch else None) if c is not None]
     callbacks += test_hooks.from_env(val_loader)
     try:

@@ -4,7 +4,10 @@
     on_step_end(epoch, batch, step, losses)  after every batch; `losses` holds this epoch's
                                            per-batch losses so far (rows up to `batch`, on the
                                            device: reading them is a host sync)
-    on_validation_start(epoch)             after an epoch's last batch, before validating it
+    on_validation_start(epoch)             before each validation (after an epoch's last batch,
+                                           or inside it with trainer.val_every_n_steps)
+    on_validation_end(row)                 after a validation inside an epoch, with its row (its
+                                           epoch fractional: 2.25 is a quarter into the 3rd)
     on_epoch_end(row)                      after validation, with the epoch's metrics row; it may
                                            raise to stop the run (a sweep's pruning does)
 
@@ -38,6 +41,9 @@ class Callback:
     def on_validation_start(self, epoch: int) -> None:
         pass
 
+    def on_validation_end(self, row: dict[str, Any]) -> None:
+        pass
+
     def on_epoch_end(self, row: dict[str, Any]) -> None:
         pass
 
@@ -45,7 +51,7 @@ class Callback:
 def format_row(row: Mapping[str, Any]) -> str:
     """An epoch's row as one line: `epoch 3  train_loss 0.1234  val_loss 0.1  ...` (the per-layer
     grad_norm/* and weight_norm/* columns stay in metrics.csv)."""
-    parts = [f"epoch {row['epoch']}"]
+    parts = [f"epoch {row['epoch']}" if float(row["epoch"]).is_integer() else f"epoch {row['epoch']:g} (step {row['step']})"]
     for k, v in row.items():
         if k not in ("epoch", "step") and "/" not in k and isinstance(v, float):  # not the per-layer norms
             parts.append(f"{k} {v:.4g}")
@@ -61,14 +67,20 @@ class MetricsLog(Callback):
     """The run directory's metrics.csv, the configured loggers (TensorBoard, ...) and train.log:
     one row per epoch. Only the process that writes the run directory (rank 0) has one."""
 
-    def __init__(self, append_row: Callable[[Mapping[str, Any]], None], loggers: Sequence[Any] = ()) -> None:
+    def __init__(self, append_row: Callable[[Mapping[str, Any]], None], loggers: Sequence[Any] = (), by_step: bool = False) -> None:
         self.append_row, self.loggers = append_row, list(loggers)
+        self.by_step = by_step  # validations inside epochs: the loggers' x axis is the optimizer step
 
     def on_epoch_end(self, row: dict[str, Any]) -> None:
         self.append_row(row)
         for logger in self.loggers:
-            logger.log_epoch(row)
+            if self.by_step:
+                logger.log_epoch(row, step=row["step"])
+            else:
+                logger.log_epoch(row)
         log.info(format_row(row))
+
+    on_validation_end = on_epoch_end  # a row of metrics.csv like an epoch's
 
 
 class TaskEpochEnd(Callback):

@@ -47,6 +47,11 @@ from dltrain.engine.atomic import CHECKPOINT_FORMAT, MANIFEST, CheckpointError, 
 RESUME_SAFE_KEYS = ("trainer.progress", "trainer.resume", "trainer.resume_force", "trainer.checkpoint.every_n_steps", "trainer.checkpoint.every_n_epochs", "trainer.checkpoint.every_n_minutes", "trainer.checkpoint.keep_last", "trainer.checkpoint.writer", "logger")
 
 
+# Keys added after runs were made, with the value that runs made without them behave by: that
+# value is left out of the config hash and the diff, so those runs still resume without a force.
+ADDED_KEYS = {"trainer.val_every_n_steps": 0}
+
+
 class TrainingInterrupted(Exception):
     """SIGINT/SIGTERM arrived; a checkpoint was saved at the next safe point. `code`: the exit code."""
 
@@ -62,7 +67,7 @@ class TrainingInterrupted(Exception):
 
 def config_hash(cfg: Mapping[str, Any]) -> str:
     """sha256 of the config without the keys that may change on resume (RESUME_SAFE_KEYS)."""
-    flat = {k: v for k, v in flatten(cfg).items() if not _safe(k)}
+    flat = {k: v for k, v in flatten(cfg).items() if not _safe(k) and not (k in ADDED_KEYS and v == ADDED_KEYS[k])}
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -83,7 +88,7 @@ def _safe(key: str) -> bool:
 
 def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """'key: old -> new' for every key that differs (ignoring RESUME_SAFE_KEYS)."""
-    a, b = flatten(old), flatten(new)
+    a, b = ({**{k: v for k, v in ADDED_KEYS.items() if k not in flat}, **flat} for flat in (flatten(old), flatten(new)))
     return [f"{k}: {a.get(k, '<absent>')} -> {b.get(k, '<absent>')}" for k in sorted(set(a) | set(b)) if not _safe(k) and a.get(k) != b.get(k)]
 
 

@@ -28,8 +28,9 @@ class Logger:
     def log_params(self, params: Mapping[str, Any]) -> None:
         pass
 
-    def log_epoch(self, row: Mapping[str, Any]) -> None:
-        pass
+    def log_epoch(self, row: Mapping[str, Any], step: int | None = None) -> None:
+        """A metrics row, at `step` on the x axis (the row's epoch unless the run validates inside
+        epochs: then the optimizer step, given)."""
 
     def finish(self, summary: Mapping[str, Any], run_dir: Path) -> None:
         pass
@@ -65,8 +66,8 @@ class TensorBoardLogger(Logger):
     def log_params(self, params: Mapping[str, Any]) -> None:
         self.params = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in params.items()}
 
-    def log_epoch(self, row: Mapping[str, Any]) -> None:
-        step = row["epoch"]
+    def log_epoch(self, row: Mapping[str, Any], step: int | None = None) -> None:
+        step = row["epoch"] if step is None else step
         for key, value in row.items():
             if key not in ("epoch", "step") and isinstance(value, (int, float)):
                 group = key.split("_", 1)
@@ -149,8 +150,8 @@ class MLflowLogger(Logger):
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
 
-    def log_epoch(self, row: Mapping[str, Any]) -> None:
-        self._metrics({k: v for k, v in numbers(row).items() if k not in ("epoch", "step")}, int(row["epoch"]))
+    def log_epoch(self, row: Mapping[str, Any], step: int | None = None) -> None:
+        self._metrics({k: v for k, v in numbers(row).items() if k not in ("epoch", "step")}, int(row["epoch"] if step is None else step))
 
     def finish(self, summary: Mapping[str, Any], run_dir: Path) -> None:
         self._metrics(final_metrics(summary), int(summary.get("epochs", 0)))

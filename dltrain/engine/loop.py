@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -138,6 +139,7 @@ def fit(
     n_batches, loss_names = len(train_loader), ["train_loss"] if len(phases) == 1 else [f"train_{p.name}_loss" for p in phases]
     nan_skip, max_skips, skips = trainer.nan == "skip", trainer.nan_max_skips, 0
     step_callbacks = per_step(callbacks)
+    val_every = trainer.val_every_n_steps  # validations inside an epoch too: a row, best and early stopping each
 
     s = start or LoopState()
     step, history, best_state, stopped_early = s.step, list(s.history), s.best_state, False
@@ -147,8 +149,8 @@ def fit(
     first_epoch = s.epoch + 1 if s.epoch_done else s.epoch
     if start and s.epoch_done:
         load_task_state(task, s.task)
-        if patience and bad_epochs >= patience:  # it had stopped early: nothing more to train
-            first_epoch, stopped_early = trainer.max_epochs + 1, True
+    if start and patience and bad_epochs >= patience:  # it had stopped early (perhaps inside an epoch): nothing more to train
+        first_epoch, stopped_early = trainer.max_epochs + 1, True
 
     def forward_loss(x: torch.Tensor, y: torch.Tensor, phase: str, weight: float = 1.0) -> torch.Tensor:
         with amp:
@@ -190,6 +192,41 @@ def fit(
             return save_checkpoint(loop, weights())
         except NonFiniteWeights:
             raise UserError(f"training diverged: the weights became non-finite by step {step} (epoch {epoch}); not checkpointed; lower optim.lr or add reg=grad_clip") from None
+
+    def judge(row: dict[str, Any], averaged: bool) -> None:
+        """A validation's row: the best weights so far, and early stopping (its patience counts
+        validations: epochs, or with val_every_n_steps every validation)."""
+        nonlocal best, best_state, stop_best, bad_epochs, stopped_early
+        if _better(row[monitor], best[monitor], task.mode(monitor)):
+            best = {"epoch": row["epoch"], **({"step": row["step"]} if val_every else {}), **{k: v for k, v in row.items() if k.startswith("val_")}}
+            best_state = {k: v.detach().clone() for k, v in (average.weights() if averaged else weights()).items()}
+        if patience:
+            if _better(row[stop_monitor], stop_best, task.mode(stop_monitor), trainer.early_stop.min_delta):
+                stop_best, bad_epochs = row[stop_monitor], 0
+            else:
+                bad_epochs += 1
+                stopped_early = bad_epochs >= patience
+
+    def validate_inside(epoch: int, batch: int) -> None:
+        """trainer.val_every_n_steps: validate after `batch` of `epoch` (not its last); the row's
+        epoch is fractional (2.25: a quarter into the 3rd), its train losses the epoch's so far."""
+        nonlocal compile_seconds, first_eval
+        check_finite(batch)
+        so_far = (distributed.mean_over_ranks(losses, ranks) if ddp else losses)[:batch].mean(0).tolist()
+        averaged = average is not None and average.active(epoch - 1)  # SWA: the mean of the epochs before this one
+        for cb in callbacks:
+            cb.on_validation_start(epoch)
+        t_eval = time.perf_counter()
+        val = evaluate(average.module if averaged else model, task, val_loader, device, trainer.precision, ranks=ranks)
+        if first_eval:
+            compile_seconds, first_eval = compile_seconds + _seconds_since(t_eval, device), False
+        row = {"epoch": epoch - 1 + min(max(batch * 1000 // n_batches, 1), 999) / 1000, "step": step, **dict(zip(loss_names, so_far, strict=True)), **{f"val_{k}": v for k, v in val.items()}}
+        row["lr"] = phases[-1].optimizer.param_groups[0]["lr"]
+        row["seconds"] = time.perf_counter() - t_epoch
+        history.append(row)
+        for cb in callbacks:
+            cb.on_validation_end(row)
+        judge(row, averaged)
 
     saved_at = [time.monotonic()]  # when the last checkpoint was taken (every_n_minutes)
     elapsed, t_start = s.train_seconds, time.perf_counter()
@@ -270,7 +307,9 @@ def fit(
                     losses[i - 1, k] = loss.detach()
                 if closure or i % accumulate == 0 or i == n_batches:
                     step += 1
-                    if every_steps and step % every_steps == 0:
+                    if val_every and step % val_every == 0 and i < n_batches:
+                        validate_inside(epoch, i)
+                    if (every_steps and step % every_steps == 0) or (stopped_early and checkpointing):
                         checkpoint(epoch, i, False)
                     if ddp:  # every rank agrees, so all of them stop at the same step
                         signum = distributed.agree_signal(stop.received) if step % SIGNAL_SYNC_STEPS == 0 else None
@@ -283,6 +322,11 @@ def fit(
                 if compiling:
                     compile_seconds += _seconds_since(t_step, device)
                     compiled_shapes.add(x.shape)
+                if stopped_early:  # by a validation inside the epoch
+                    break
+            if stopped_early:
+                log.info("early stopping: %s did not improve for %d validations", stop_monitor, patience)
+                break
 
             if ddp:  # each rank's weighted share: the mean over ranks is the whole batch's loss
                 losses = distributed.mean_over_ranks(losses, ranks)
@@ -314,15 +358,7 @@ def fit(
 
             if averaged and average.kind == "swa" and epoch == average.start:  # from here on only averaged weights compete
                 best = {"epoch": 0, monitor: math.inf if task.mode(monitor) == "min" else -math.inf}
-            if _better(row[monitor], best[monitor], task.mode(monitor)):
-                best = {"epoch": epoch, **{k: v for k, v in row.items() if k.startswith("val_")}}
-                best_state = {k: v.detach().clone() for k, v in (average.weights() if averaged else weights()).items()}
-            if patience:
-                if _better(row[stop_monitor], stop_best, task.mode(stop_monitor), trainer.early_stop.min_delta):
-                    stop_best, bad_epochs = row[stop_monitor], 0
-                else:
-                    bad_epochs += 1
-                    stopped_early = bad_epochs >= patience
+            judge(row, averaged)
             due = (every_epochs and epoch % every_epochs == 0) or (every_seconds and time.monotonic() - saved_at[0] >= every_seconds)
             last = stopped_early or epoch == trainer.max_epochs  # a finished run can be continued (trainer.max_epochs raised)
             if ddp and every_seconds and not every_epochs:  # ranks' clocks differ: rank 0 decides
@@ -336,7 +372,7 @@ def fit(
                 break
 
     return FitResult(
-        epochs=len(history),
+        epochs=sum(1 for row in history if float(row["epoch"]).is_integer()),  # not the validations inside epochs
         steps=step,
         train_seconds=elapsed + time.perf_counter() - t_start - compile_seconds,
         stopped_early=stopped_early,

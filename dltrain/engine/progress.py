@@ -42,6 +42,8 @@ class EpochLines(Callback):
     def on_epoch_end(self, row: Mapping[str, Any]) -> None:
         self.console.print(format_row(row), highlight=False, soft_wrap=True)
 
+    on_validation_end = on_epoch_end
+
 
 class ProgressBar(Callback):
     """Progress over the whole run: epochs x steps, loss, the last validation metric and the best
@@ -97,6 +99,9 @@ class ProgressBar(Callback):
         loss = next((v for k, v in reversed(row.items()) if k.startswith("train_") and k.endswith("loss")), float("nan"))
         self.bar.update(self.task, completed=row["epoch"] * self.batches, loss=f"{loss:.4f}", val=self.validation(row))
         self.bar.refresh()
+
+    def on_validation_end(self, row: Mapping[str, Any]) -> None:
+        self.bar.update(self.task, val=self.validation(row))
 
     def validation(self, row: Mapping[str, Any]) -> str:
         """`val_accuracy 0.9514 (best 0.9583)`: the first validation metric other than the loss."""

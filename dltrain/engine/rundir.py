@@ -88,6 +88,7 @@ class RunDir:
         self.checkpoints = self.path / "checkpoints"
         self.plots = self.path / "plots"
         self._columns: list[str] | None = None
+        self._rows: list[dict[str, Any]] = []  # what metrics.csv holds, should a row bring new columns
         self.started = False  # this process began writing the run (its config.yaml)
         self.loggers: list = []  # the run's experiment loggers until they are finished and closed
 
@@ -101,10 +102,16 @@ class RunDir:
             atomic_write(self.config, yaml_text.encode())
 
     def append_metrics(self, row: Mapping[str, Any]) -> None:
-        """Append one row to metrics.csv (the first row fixes the columns); never through a symlink."""
+        """Append one row to metrics.csv (the first row sets the columns; a later row with columns
+        of its own, an epoch's grad norms after a validation inside the epoch, rewrites the file
+        with them added); never through a symbolic link."""
         new = self._columns is None
+        if not new and set(row) - set(self._columns):
+            self.restart_metrics([*self._rows, row], [*self._columns, *(k for k in row if k not in self._columns)])
+            return
         if new:
             self._columns = list(row)
+        self._rows.append(dict(row))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=self._columns, extrasaction="ignore", lineterminator="\r\n")
         if new:
@@ -117,13 +124,13 @@ class RunDir:
             with open(fd, "w", newline="") as f:
                 f.write(buf.getvalue())
 
-    def restart_metrics(self, rows: list[Mapping[str, Any]]) -> None:
+    def restart_metrics(self, rows: list[Mapping[str, Any]], columns: list[str] | None = None) -> None:
         """Rewrite metrics.csv as `rows` (a resume: rows written after its checkpoint are dropped)."""
-        self._columns = None
+        self._columns, self._rows = None, [dict(r) for r in rows]
         if not rows:
             self.metrics.unlink(missing_ok=True)
             return
-        self._columns = list(rows[0])
+        self._columns = columns or list(rows[0])
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=self._columns, extrasaction="ignore", lineterminator="\r\n")
         writer.writeheader()

@@ -64,6 +64,7 @@ class TrainerConfig:
     deterministic: bool = False
     limit_train_batches: NonNegativeInt = 0  # 0: all
     limit_val_batches: NonNegativeInt = 0  # 0: all
+    val_every_n_steps: NonNegativeInt = 0  # also validate every N optimizer steps inside an epoch (Lightning's val_check_interval); 0: at epoch ends only
     overfit_batches: NonNegativeInt = 0  # >0: train and validate on these first batches only
     eval_batch_size: PositiveInt = 1024
     progress: Literal["auto", "bar", "lines", "none"] = "auto"
