@@ -172,6 +172,61 @@ def test_table_trains_predicts_on_raw_rows_and_saves_its_preprocessing(train_run
     one_line(cli("eval", str(run), f"input={tmp_path / 'odd.csv'}"), "species='rose' is not a class of this run; its classes: setosa, versicolor, virginica")
 
 
+def raw_feed(frame: pd.DataFrame, prep: dict) -> tuple[np.ndarray, list[list[str]]]:
+    """A user's raw rows as an exported table model takes them: the numeric columns as floats
+    (NaN: missing), each categorical value as the string the file holds ("": missing)."""
+    numeric = frame[[c["column"] for c in prep["numeric"]]].to_numpy(np.float32)
+    rows = [["" if pd.isna(v) else str(v) for v in row] for row in frame[[c["column"] for c in prep["categorical"]]].itertuples(index=False)]
+    return numeric, rows
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_an_exported_table_model_takes_raw_columns_and_predicts_what_predict_does(train_run, cli, tmp_path, fmt) -> None:
+    """Missing numbers and strings, a rare and an unseen category, columns in another order: the
+    file computes the run's outputs on them, with preprocessing.json (scikit-learn's) inside."""
+    frame = mixed_frame(400)
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    _, run = train_run("data=table", f"data.path={tmp_path / 't.csv'}", "data.target=churned", "trainer.max_epochs=3")
+    assert cli("export", str(run), f"format={fmt}")[0] == 0
+    prep = json.loads((run / "preprocessing.json").read_text())
+    new = mixed_frame(50, seed=1).drop(columns=["churned"]).iloc[:, ::-1]
+    new.loc[0, "city"], new.loc[1, "income"], new.loc[2, "city"] = "marseille", np.nan, None  # unseen, missing, missing
+    from dltrain.api import load_run
+
+    model = load_run(run).model()
+    with torch.no_grad():
+        expected = model(torch.from_numpy(apply_prep(prep, new))).numpy()
+    numeric, rows = raw_feed(new, prep)
+    folder = run / "analysis" / "export"
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+        assert sorted(i.name for i in session.get_inputs()) == ["city", "member", "numeric"]
+        feed = {"numeric": numeric, **{c["column"]: np.array([r[j] for r in rows], dtype=object) for j, c in enumerate(prep["categorical"])}}
+        got = session.run(None, feed)[0]
+    else:
+        with torch.no_grad():
+            got = torch.jit.load(str(folder / "model.pt"))(torch.from_numpy(numeric), rows).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    info = json.loads((folder / f"model.{fmt}.json").read_text())
+    assert info["ok"] and info["columns"]["numeric"]["columns"] == ["age", "income", "spend"]
+    assert [c["column"] for c in info["columns"]["categorical"]] == ["city", "member"] and "raw columns" in info["inputs"]
+
+
+@pytest.mark.parametrize("kind", ["numeric", "categorical"])
+def test_a_table_of_one_kind_of_column_exports_to_onnx_with_one_input(train_run, cli, tmp_path, kind) -> None:
+    frame = mixed_frame(300)[["age", "income", "churned"] if kind == "numeric" else ["city", "member", "churned"]]
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    _, run = train_run("data=table", f"data.path={tmp_path / 't.csv'}", "data.target=churned", "trainer.max_epochs=2")
+    code, out, err = cli("export", str(run), "format=onnx")
+    assert code == 0 and "matches PyTorch" in out, err
+    import onnxruntime as ort
+
+    names = [i.name for i in ort.InferenceSession(str(run / "analysis" / "export" / "model.onnx"), providers=["CPUExecutionProvider"]).get_inputs()]
+    assert names == (["numeric"] if kind == "numeric" else ["city", "member"])
+
+
 def test_table_regression_trains_with_the_auto_loss(train_run, tmp_path) -> None:
     mixed_frame(600).to_parquet(tmp_path / "t.parquet")
     summary, _ = train_run("data=table", f"data.path={tmp_path / 't.parquet'}", "data.target=spend", "data.drop=[churned]", "trainer.max_epochs=30")
