@@ -90,6 +90,19 @@ def collect_folds(cv_dir: Path) -> tuple[int, list[dict[str, Any]]] | None:
     return ks.pop(), sorted(folds, key=lambda r: r["fold"])
 
 
+def fold_means(cv_dir: str | Path, console=None) -> dict[str, Any]:
+    """Summarise the folds in `cv_dir` (summarize_cv) as a run's summary would hold them: `best`
+    the folds' mean validation metrics (cv_val_*), `test` their mean test metrics, `folds` their
+    run directories. What a cv objective and a cv recipe's check read."""
+    result = summarize_cv(cv_dir, console) or {"mean": {}}
+    mean = result["mean"]
+    return {
+        "best": {f"cv_{m}": v for m, v in mean.items() if m.startswith("val_")},
+        "test": {m.removeprefix("test_"): v for m, v in mean.items() if m.startswith("test_")},
+        "folds": [f["run_dir"] for f in result.get("folds", [])],
+    }
+
+
 def summarize_cv(cv_dir: str | Path, console=None) -> dict[str, Any] | None:
     """Write cv.csv, cv.json, cv.png and report.html for a cv directory and print its table; None if it holds no folds."""
     import numpy as np

@@ -207,17 +207,15 @@ def _run_folds(r: RecipeInfo, overrides: list[str], console) -> tuple[dict, Path
     """A recipe with cv.k=K: its K folds, one after another in this process, into RUN_DIR/fold-I
     (as `dltrain cv` lays them out), then cv.csv, cv.json and cv.png in RUN_DIR. What is checked:
     the folds' mean validation metrics (best.cv_val_*) and their mean test metrics (test.*)."""
-    from dltrain.crossval import summarize_cv
+    from dltrain.crossval import fold_means
 
     base = next((Path(o.partition("=")[2]) for o in overrides if o.startswith("hydra.run.dir=")), None)
     own = [o for o in overrides if not o.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
     base = base or Path("cv") / time.strftime("%Y-%m-%d") / f"{time.strftime('%H-%M-%S')}-verify-{r.name}"
     for fold in range(_folds(r, own)):
         _run_single(r, [*own, f"cv.fold={fold}", f"hydra.run.dir={base / f'fold-{fold}'}"], console)
-    result = summarize_cv(base, console) or {"mean": {}}
-    mean = result["mean"]
-    summary = {"best": {f"cv_{m}": v for m, v in mean.items() if m.startswith("val_")}, "test": {m.removeprefix("test_"): v for m, v in mean.items() if m.startswith("test_")}}
-    return summary, base
+    means = fold_means(base, console)
+    return {"best": means["best"], "test": means["test"]}, base
 
 
 def _run_sweep(r: RecipeInfo, overrides: list[str], console) -> tuple[dict, Path]:

@@ -274,21 +274,15 @@ def _train_folds(cfg, run_dir: Path, console, k: int) -> dict:
     `test` holds the mean test metrics."""
     from omegaconf import open_dict
 
-    from dltrain.crossval import summarize_cv
+    from dltrain.crossval import fold_means
 
     for fold in range(k):
         fold_cfg = cfg.copy()
         with open_dict(fold_cfg):
             fold_cfg.cv.fold = fold
         _train(fold_cfg, run_dir / f"fold-{fold}", console, None)
-    result = summarize_cv(run_dir, console) or {"mean": {}}
-    mean = result["mean"]
-    return {
-        "best": {f"cv_{m}": v for m, v in mean.items() if m.startswith("val_")},
-        "test": {m.removeprefix("test_"): v for m, v in mean.items() if m.startswith("test_")},
-        "train_seconds": 0.0,
-        "cv": {"k": k, "folds": [f["run_dir"] for f in result.get("folds", [])]},
-    }
+    means = fold_means(run_dir, console)
+    return {"best": means["best"], "test": means["test"], "train_seconds": 0.0, "cv": {"k": k, "folds": means["folds"]}}
 
 
 def one_line(e: BaseException) -> str:
