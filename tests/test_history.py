@@ -133,9 +133,30 @@ def test_a_classifiers_run_draws_its_test_confusion_matrix_and_most_confident_mi
     assert len(pictures["images"]) == len(rows) and np.asarray(pictures["images"]).shape[1:] == (8, 8, 1)
 
 
-def test_a_regression_run_draws_no_confusion_matrix(train_run):
-    _, run = train_run("data=diabetes", *SHORT)
-    assert not (run / "plots" / "confusion_matrix.png").exists() and "pictures" not in page(run).sections
+@pytest.mark.parametrize("data", ["diabetes", "sine"])
+def test_a_regression_and_a_forecasting_run_draw_their_test_predictions_against_the_truth(train_run, data):
+    """pred_vs_true.png (and a forecaster's forecast.png) from the final test's own pass, in the
+    data's units: the RMSE and R2 its title reads are the run's test metrics."""
+    import torch
+    from sklearn.metrics import r2_score
+
+    from dltrain.api import load_run
+    from dltrain.tasks.supervised import RegressionTask
+
+    summary, run = train_run(f"data={data}", *SHORT)
+    drawn = {q.name for q in (run / "plots").iterdir()}
+    assert "pred_vs_true.png" in drawn and ("forecast.png" in drawn) == (data == "sine") and "confusion_matrix.png" not in drawn
+    assert "pictures" in page(run).sections
+    loaded = load_run(run).loaded().built
+    task = RegressionTask(loaded.data, loaded.task.loss_entry, loaded.task.loss_fn)  # what the run's final test kept, kept again
+    state = task.new_state(torch.device("cpu"))
+    task.keep_predictions(True)
+    with torch.no_grad():
+        task.accumulate(state, loaded.model(loaded.data.test.x), loaded.data.test.y)
+    pictures = task.test_pictures(loaded.data.test)
+    pred, true = np.asarray(pictures["pred"]), np.asarray(pictures["true"])
+    assert np.sqrt(np.mean((pred - true) ** 2)) == pytest.approx(summary["test"]["rmse"], rel=1e-5)
+    assert r2_score(true, pred) == pytest.approx(summary["test"]["r2"], rel=1e-5)
 
 
 def test_a_recipe_runs_page_lists_the_keys_that_differ_from_its_choices_defaults(tmp_path):

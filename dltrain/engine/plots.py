@@ -101,13 +101,16 @@ def plot_grad_norms(history: Sequence[dict], path: Path) -> Path:
 
 
 def plot_pictures(pictures: Mapping[str, Any], folder: Path) -> list[Path]:
-    """A classifier's final test (ClassificationTask.test_pictures): confusion_matrix.png, the most
-    confident mistakes as mistakes.csv and, for images, mistakes.png. About 0.1 s for 10 classes."""
+    """A final test's pictures (the tasks' test_pictures). A classifier's: confusion_matrix.png, the
+    most confident mistakes as mistakes.csv and, for images, mistakes.png (about 0.1 s for 10
+    classes); a regression's and forecaster's: regression_pngs."""
     import csv
     import io
 
     from dltrain.files import atomic_write
 
+    if pictures.get("kind") in ("regression", "forecasting"):
+        return regression_pngs(pictures, folder)
     written = [confusion_png(pictures["classes"], pictures["confusion"], pictures["wrong"], folder / "confusion_matrix.png")]
     buf = io.StringIO()
     out = csv.DictWriter(buf, ["index", "true", "pred", "confidence"], lineterminator="\n")
@@ -117,6 +120,42 @@ def plot_pictures(pictures: Mapping[str, Any], folder: Path) -> list[Path]:
     written.append(folder / "mistakes.csv")
     if pictures.get("images"):
         written.append(mistakes_png(pictures["images"], pictures["mistakes"], pictures["wrong"], folder / "mistakes.png"))
+    return written
+
+
+def regression_pngs(pictures: Mapping[str, Any], folder: Path) -> list[Path]:
+    """pred_vs_true.png (every output against its truth, the identity line, RMSE and R2 in the
+    title) and, for a forecaster, forecast.png: the one-step-ahead forecast over the test steps."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    pred, true = np.asarray(pictures["pred"], dtype=np.float64), np.asarray(pictures["true"], dtype=np.float64)
+    rmse = float(np.sqrt(np.mean((pred - true) ** 2)))
+    r2 = float(np.mean(1 - ((pred - true) ** 2).sum(0) / np.maximum(((true - true.mean(0)) ** 2).sum(0), 1e-12)))  # averaged over outputs, like the metrics
+    fig = Figure(figsize=(4.4, 4.2), dpi=110)
+    ax = fig.add_axes((0.17, 0.13, 0.78, 0.75))
+    ax.scatter(true.ravel(), pred.ravel(), s=8, alpha=0.5)
+    lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="predicted = true")
+    ax.set_xlabel("true")
+    ax.set_ylabel("predicted")
+    ax.set_title(f"test predictions: RMSE {rmse:.4g}, R2 {r2:.3f}\n({len(true)} examples)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+    written = [folder / "pred_vs_true.png"]
+    _save_png(fig, written[0])
+    if pictures["kind"] == "forecasting":
+        fig = Figure(figsize=(6, 3.2), dpi=110)
+        ax = fig.add_axes((0.12, 0.15, 0.85, 0.72))
+        ax.plot(true[:, 0], lw=1.2, label="true")
+        ax.plot(pred[:, 0], lw=1.2, label="forecast, 1 step ahead")
+        ax.set_xlabel("test step")
+        ax.set_ylabel("value")
+        ax.set_title("test forecast", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        written.append(folder / "forecast.png")
+        _save_png(fig, written[-1])
     return written
 
 

@@ -81,6 +81,7 @@ class ClassificationTask(SupervisedTask):
         worst = wrong[confidence[wrong].argsort(descending=True, stable=True)][: self.mistakes]
         names = self.data.class_names or [str(i) for i in range(k)]
         pictures: dict[str, Any] = {
+            "kind": "classification",
             "classes": names,
             "confusion": matrix.tolist(),
             "mistakes": [{"index": int(i), "true": names[y[i]], "pred": names[pred[i]], "confidence": round(float(confidence[i]), 4)} for i in worst],
@@ -111,6 +112,7 @@ class RegressionTask(SupervisedTask):
         self.y_mean = torch.tensor(data.y_mean or [0.0] * dim, dtype=torch.float64)
         self.y_std = torch.tensor(data.y_std or [1.0] * dim, dtype=torch.float64)
         self.dim = dim
+        self.kept: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # (predicted, true) per batch, in data units
 
     def new_state(self, device: torch.device) -> torch.Tensor:
         # [loss sum, count, then per output: sse, sae, sum y, sum y^2]
@@ -129,6 +131,21 @@ class RegressionTask(SupervisedTask):
         sums[1] += err.abs().sum(0)
         sums[2] += true.sum(0)
         sums[3] += true.pow(2).sum(0)
+        if self.kept is not None:
+            self.kept.append((out.detach().float(), true.float()))
+
+    points = 2000  # the most test examples plots/pred_vs_true.png and forecast.png show
+
+    def keep_predictions(self, keep: bool) -> None:
+        self.kept = [] if keep else None
+
+    def test_pictures(self, split: Split) -> dict[str, Any] | None:
+        """The final test's predictions against the truth, in the data's units (a forecaster's
+        first step ahead traces the series over the test period)."""
+        if not self.kept:
+            return None
+        pred, true = (torch.cat(t)[: self.points].cpu() for t in zip(*self.kept, strict=True))
+        return {"kind": self.name, "pred": pred.tolist(), "true": true.tolist()}
 
     def compute(self, state: torch.Tensor) -> dict[str, float]:
         count = max(state[1].item(), 1.0)
