@@ -207,20 +207,25 @@ def fit(
                 bad_epochs += 1
                 stopped_early = bad_epochs >= patience
 
-    def validate_inside(epoch: int, batch: int) -> None:
-        """trainer.val_every_n_steps: validate after `batch` of `epoch` (not its last); the row's
-        epoch is fractional (2.25: a quarter into the 3rd), its train losses the epoch's so far."""
+    def validation(epoch: int, averaged: bool) -> dict[str, float]:
+        """The val_* metrics of the model now (of its averaged weights if `averaged`); the first
+        evaluation of a compiled model is compile time."""
         nonlocal compile_seconds, first_eval
-        check_finite(batch)
-        so_far = (distributed.mean_over_ranks(losses, ranks) if ddp else losses)[:batch].mean(0).tolist()
-        averaged = average is not None and average.active(epoch - 1)  # SWA: the mean of the epochs before this one
         for cb in callbacks:
             cb.on_validation_start(epoch)
         t_eval = time.perf_counter()
         val = evaluate(average.module if averaged else model, task, val_loader, device, trainer.precision, ranks=ranks)
         if first_eval:
             compile_seconds, first_eval = compile_seconds + _seconds_since(t_eval, device), False
-        row = {"epoch": epoch - 1 + min(max(batch * 1000 // n_batches, 1), 999) / 1000, "step": step, **dict(zip(loss_names, so_far, strict=True)), **{f"val_{k}": v for k, v in val.items()}}
+        return {f"val_{k}": v for k, v in val.items()}
+
+    def validate_inside(epoch: int, batch: int) -> None:
+        """trainer.val_every_n_steps: validate after `batch` of `epoch` (not its last); the row's
+        epoch is fractional (2.25: a quarter into the 3rd), its train losses the epoch's so far."""
+        check_finite(batch)
+        so_far = (distributed.mean_over_ranks(losses, ranks) if ddp else losses)[:batch].mean(0).tolist()
+        averaged = average is not None and average.active(epoch - 1)  # SWA: the mean of the epochs before this one
+        row = {"epoch": epoch - 1 + min(max(batch * 1000 // n_batches, 1), 999) / 1000, "step": step, **dict(zip(loss_names, so_far, strict=True)), **validation(epoch, averaged)}
         row["lr"] = phases[-1].optimizer.param_groups[0]["lr"]
         row["seconds"] = time.perf_counter() - t_epoch
         history.append(row)
@@ -341,13 +346,7 @@ def fit(
             if average is not None:
                 average.end_epoch(epoch)  # SWA: this epoch's weights into the mean
             averaged = average is not None and average.active(epoch)
-            for cb in callbacks:
-                cb.on_validation_start(epoch)
-            t_eval = time.perf_counter()
-            val = evaluate(average.module if averaged else model, task, val_loader, device, trainer.precision, ranks=ranks)
-            if first_eval:
-                compile_seconds, first_eval = compile_seconds + _seconds_since(t_eval, device), False
-            row = {"epoch": epoch, "step": step, **dict(zip(loss_names, train_losses, strict=True)), **{f"val_{k}": v for k, v in val.items()}}
+            row = {"epoch": epoch, "step": step, **dict(zip(loss_names, train_losses, strict=True)), **validation(epoch, averaged)}
             for ph in phases:
                 ph.schedule.after_epoch(row.get(task.monitor, row.get("val_loss")))
             row["lr"] = phases[-1].optimizer.param_groups[0]["lr"]

@@ -17,6 +17,10 @@ class SupervisedTask(Task):
     """Common shape of a supervised task: ``loss(model(x), y)`` and on-device metric sums."""
 
     name = "supervised"
+    kept: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # the final test's per-batch results test_pictures draws
+
+    def keep_predictions(self, keep: bool) -> None:
+        self.kept = [] if keep else None
 
     def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.loss_fn(output.float(), y)
@@ -41,7 +45,6 @@ class ClassificationTask(SupervisedTask):
         self.num_classes = data.num_classes
         self.dense = loss_entry.meta["target"] == "dense"
         self.probs = loss_entry.meta.get("input") == "probs"
-        self.kept: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # (confidence, prediction) per batch
 
     @staticmethod
     def out_features(data: DataBundle) -> int:
@@ -62,11 +65,8 @@ class ClassificationTask(SupervisedTask):
         state[0] += self.loss(output, y).double() * n
         state[1] += (output.argmax(-1) == y).sum()
         state[2] += n
-        if self.kept is not None:  # on the device, no sync: read once the test is done
+        if self.kept is not None:  # (confidence, prediction), on the device, no sync: read once the test is done
             self.kept.append(output.detach().float().softmax(-1).max(-1))
-
-    def keep_predictions(self, keep: bool) -> None:
-        self.kept = [] if keep else None
 
     def test_pictures(self, split: Split) -> dict[str, Any] | None:
         """The final test's confusion matrix and its most confident mistakes (with their images
@@ -112,7 +112,6 @@ class RegressionTask(SupervisedTask):
         self.y_mean = torch.tensor(data.y_mean or [0.0] * dim, dtype=torch.float64)
         self.y_std = torch.tensor(data.y_std or [1.0] * dim, dtype=torch.float64)
         self.dim = dim
-        self.kept: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # (predicted, true) per batch, in data units
 
     def new_state(self, device: torch.device) -> torch.Tensor:
         # [loss sum, count, then per output: sse, sae, sum y, sum y^2]
@@ -131,13 +130,10 @@ class RegressionTask(SupervisedTask):
         sums[1] += err.abs().sum(0)
         sums[2] += true.sum(0)
         sums[3] += true.pow(2).sum(0)
-        if self.kept is not None:
+        if self.kept is not None:  # (predicted, true) in data units
             self.kept.append((out.detach().float(), true.float()))
 
     points = 2000  # the most test examples plots/pred_vs_true.png and forecast.png show
-
-    def keep_predictions(self, keep: bool) -> None:
-        self.kept = [] if keep else None
 
     def test_pictures(self, split: Split) -> dict[str, Any] | None:
         """The final test's predictions against the truth, in the data's units (a forecaster's
